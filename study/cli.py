@@ -1,0 +1,150 @@
+"""The `study` command: plan, run, status, resume and report a transfer-learning study."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from study.errors import StudyError
+
+DEFAULT_STORAGE = "studies"
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from study.sweep.plan import make_plan
+    from study.sweep.spec import load_spec
+
+    spec = load_spec(args.spec)
+    plan = make_plan(spec)
+    counts = plan.counts()
+    if args.json:
+        print(json.dumps(counts, indent=2))
+        return 0
+    print(f"study {spec.name}: {counts['total']} units")
+    for stage, info in counts["stages"].items():
+        print(f"  {stage:<9} {info['units']:>6} units")
+        for axis, values in info["axes"].items():
+            shown = ", ".join(f"{k}: {v}" for k, v in values.items())
+            print(f"      {axis:<14} {shown}")
+    for why in plan.excluded:
+        print(f"  excluded: {why}")
+    print(f"total {counts['total']}")
+    return 0
+
+
+def _finish(outcome, report_dir: Path | None) -> int:
+    uri = outcome.store.uri
+    print(f"results: {uri}/results/trials ({outcome.done}/{outcome.planned} units done)")
+    if outcome.failed:
+        print(f"{len(outcome.failed)} units not done; `study status {uri}` lists failures, "
+              f"`study resume {uri}` runs them again", file=sys.stderr)
+    if report_dir is not None and outcome.done:
+        from analysis import report_study
+
+        paths = report_study(uri, report_dir)
+        print(f"report: {report_dir} ({len(paths)} files; summary: {paths.get('summary.md')})")
+    return 0 if outcome.complete else 1
+
+
+def _report_dir(args: argparse.Namespace, uri: str) -> Path | None:
+    if args.no_report:
+        return None
+    if args.report:
+        return Path(args.report)
+    return Path(uri) / "report" if "://" not in uri else Path("report") / Path(uri).name
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from study.sweep.runner import run_study
+    from study.sweep.spec import load_spec
+
+    spec = load_spec(args.spec)
+    outcome = run_study(spec, args.storage, name=args.name, address=args.address)
+    return _finish(outcome, _report_dir(args, outcome.store.uri))
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from study.sweep.runner import resume_study
+
+    outcome = resume_study(args.study, address=args.address)
+    return _finish(outcome, _report_dir(args, outcome.store.uri))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from study.sweep.runner import failures, study_status
+
+    table = study_status(args.study)
+    print(table.to_string())
+    for m in failures(args.study)[: args.show_failures]:
+        print(f"failed {m['unit_id']} on {m['host']} at {m['updated_at']}: {m.get('error')}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from analysis import report_study
+
+    paths = report_study(args.study, Path(args.out))
+    for name, p in sorted(paths.items()):
+        print(f"{name}: {p}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="study", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("plan", help="print the units a spec expands to, without running")
+    s.add_argument("spec")
+    s.add_argument("--json", action="store_true", help="print the counts as JSON")
+    s.set_defaults(fn=_cmd_plan)
+
+    def run_opts(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--address", default=None,
+                       help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+        s.add_argument("--report", default=None,
+                       help="where to write the report (default: STUDY/report for a local store)")
+        s.add_argument("--no-report", action="store_true", help="do not write a report at the end")
+
+    s = sub.add_parser("run", help="run a study (units already in the store are not re-run)")
+    s.add_argument("spec")
+    s.add_argument("--storage", default=os.environ.get("STUDY_STORAGE", DEFAULT_STORAGE),
+                   help="local path or s3://bucket/prefix (default ./studies)")
+    s.add_argument("--name", default=None, help="study name under the storage (default: spec's)")
+    run_opts(s)
+    s.set_defaults(fn=_cmd_run)
+
+    s = sub.add_parser("resume", help="finish an interrupted study from its store")
+    s.add_argument("study", help="the study's URI, e.g. studies/quickstart or s3://b/p/name")
+    run_opts(s)
+    s.set_defaults(fn=_cmd_resume)
+
+    s = sub.add_parser("status", help="done / running / failed / pending units per stage")
+    s.add_argument("study")
+    s.add_argument("--show-failures", type=int, default=10, help="failures to list (default 10)")
+    s.set_defaults(fn=_cmd_status)
+
+    s = sub.add_parser("report", help="figures and tables from the stored results")
+    s.add_argument("study")
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(fn=_cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the store keeps every finished unit; `study resume STUDY` finishes "
+              "the rest", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Patient-level splits and nested, stratified training fractions.
+
+Both are pure functions of the dataset's own content and a seed, so every trial that uses a
+dataset sees the same split, and the fine-tuned and the from-scratch arm of a comparison see
+the same training subset (a paired design).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from study.errors import DataError
+
+__all__ = ["N_FOLDS", "SPLIT_OF_FOLD", "assign_folds", "primary_label", "nested_subset"]
+
+# Ten patient-disjoint folds, used as PTB-XL uses its strat_fold: 1-8 train, 9 val, 10 test.
+N_FOLDS = 10
+SPLIT_OF_FOLD = {**{f: "train" for f in range(1, 9)}, 9: "val", 10: "test"}
+
+
+def primary_label(labels: np.ndarray) -> np.ndarray:
+    """One stratification class per record: its rarest positive label, or K for none.
+
+    Stratifying on the rarest label keeps rare classes present in every split, which a
+    multi-label dataset needs more than balance of its common classes.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    prevalence = labels.sum(axis=0)
+    # Rank classes from rarest to commonest; records with no label get class K.
+    rank = np.argsort(np.argsort(prevalence, kind="stable"), kind="stable")
+    masked = np.where(labels, rank[None, :], labels.shape[1])
+    best_rank = masked.min(axis=1)
+    order = np.argsort(rank, kind="stable")
+    return np.where(best_rank < labels.shape[1], order[np.minimum(best_rank, labels.shape[1] - 1)],
+                    labels.shape[1])
+
+
+def assign_folds(labels: np.ndarray, patient_id: np.ndarray, seed: int) -> np.ndarray:
+    """Fold 1..10 per record; all records of a patient share a fold.
+
+    Args:
+        labels: (N, K) multi-hot labels.
+        patient_id: (N,) patient of each record.
+        seed: fixed per dataset, so the split never changes between studies.
+
+    Raises:
+        DataError: fewer patients than folds.
+    """
+    patient_id = np.asarray(patient_id)
+    n_patients = len(np.unique(patient_id))
+    if n_patients < N_FOLDS:
+        raise DataError(f"a patient-level split needs >= {N_FOLDS} patients, got {n_patients}")
+    y = primary_label(labels)
+    # StratifiedGroupKFold needs each class to have >= n_splits members to stratify well; it
+    # still keeps groups disjoint when a class is rarer, which is the property that matters.
+    cv = StratifiedGroupKFold(n_splits=N_FOLDS, shuffle=True, random_state=seed)
+    folds = np.zeros(len(y), dtype=np.int8)
+    for k, (_, test_idx) in enumerate(cv.split(np.zeros(len(y)), y, groups=patient_id)):
+        folds[test_idx] = k + 1
+    return folds
+
+
+def nested_subset(
+    train_idx: np.ndarray, labels: np.ndarray, fraction: float, repeat: int, dataset: str
+) -> np.ndarray:
+    """The training records of one (fraction, repeat): stratified, nested, seeded by repeat.
+
+    Each stratum (primary label) is shuffled once per (dataset, repeat) and the subset takes
+    its first ceil(fraction * n) records, so the 10% subset of a repeat lies inside its 25%
+    subset, and every class with training records keeps at least one.
+
+    Args:
+        train_idx: indices of the training split.
+        labels: (N, K) labels of the whole dataset.
+        fraction: in (0, 1].
+        repeat: the repeat number (the seed of the subset).
+        dataset: the dataset name, mixed into the seed.
+
+    Returns:
+        Sorted indices into the dataset.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"data fraction must be in (0, 1], got {fraction}")
+    train_idx = np.asarray(train_idx)
+    if fraction == 1.0:
+        return np.sort(train_idx)
+    rng = np.random.default_rng([repeat, zlib.crc32(dataset.encode())])
+    strata = primary_label(labels[train_idx])
+    chosen = []
+    for s in np.unique(strata):
+        members = train_idx[strata == s]
+        members = members[rng.permutation(len(members))]
+        chosen.append(members[: max(1, int(np.ceil(fraction * len(members))))])
+    return np.sort(np.concatenate(chosen))

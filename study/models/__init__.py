@@ -1,0 +1,16 @@
+"""Architecture registry: every model is `stem -> stages -> head` with freezing by stage.
+
+Example:
+    model = create_model("resnet1d18", in_channels=12, num_classes=5, base_width=16)
+    model.freeze(2)  # stem and stages.0 frozen; the head always trains
+    optimizer = torch.optim.AdamW(model.trainable_parameters())
+"""
+
+from __future__ import annotations
+
+# Importing the architecture modules registers their factories.
+from study.models import recurrent, resnet1d  # noqa: F401
+from study.models._base import ECGModel
+from study.models._factory import create_model, list_models, model_info
+
+__all__ = ["create_model", "list_models", "ECGModel", "model_info"]

@@ -1,0 +1,114 @@
+"""The store's layout and the Parquet schemas of its result tables (a documented contract).
+
+    <study>/spec.yaml                       the resolved spec
+    <study>/plan.parquet                    every planned unit with its axes and config
+    <study>/prepared/<key>/                 prepared datasets (see study.data.prepared)
+    <study>/results/trials/<unit_id>.parquet    one row per finished fine-tune/scratch unit
+    <study>/results/epochs/<unit_id>.parquet    one row per epoch of that unit
+    <study>/results/pretrain/<unit_id>.parquet  one row per finished pretraining unit
+    <study>/pretrained/<unit_id>/model.pt   pretrained weights; model.json: their config
+    <study>/checkpoints/<unit_id>/last.pt   the last epoch of an unfinished unit
+    <study>/runs/<unit_id>.json             running / failed marker with host and error
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = ["TRIALS_SCHEMA", "EPOCHS_SCHEMA", "PRETRAIN_SCHEMA", "trial_path", "epochs_path",
+           "pretrain_path", "checkpoint_path", "weights_path", "run_marker_path"]
+
+TRIALS_SCHEMA = pa.schema(
+    [
+        ("unit_id", pa.string()),
+        ("architecture", pa.string()),  # registry name plus options, e.g. resnet1d18[base_width=16]
+        ("init", pa.string()),  # "pretrained" or "scratch"
+        ("upstream", pa.string()),  # null for scratch
+        ("pretrain_task", pa.string()),  # null for scratch
+        ("pretrain_unit", pa.string()),  # null for scratch
+        ("downstream", pa.string()),
+        ("freeze_depth", pa.int32()),  # 0 for scratch
+        ("data_fraction", pa.float64()),
+        ("repeat", pa.int32()),
+        ("seed", pa.int64()),
+        ("n_train", pa.int64()),  # records in the training subset
+        ("n_val", pa.int64()),
+        ("n_test", pa.int64()),
+        ("test_macro_auroc", pa.float64()),
+        ("test_macro_f1", pa.float64()),  # thresholds chosen per class on validation
+        ("test_weighted_f1", pa.float64()),  # support-weighted, threshold 0.5 (Nguyen & Do)
+        ("val_macro_auroc", pa.float64()),  # of the selected epoch
+        ("val_loss", pa.float64()),  # of the selected epoch
+        ("best_epoch", pa.int32()),  # selected on validation loss, 1-based
+        ("epochs", pa.int32()),  # epochs run (early stopping may end before the maximum)
+        ("train_seconds", pa.float64()),
+        ("trainable_params", pa.int64()),
+        ("hardware", pa.string()),
+        ("code_version", pa.string()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("config", pa.string()),  # the resolved unit config as JSON
+    ]
+)
+
+EPOCHS_SCHEMA = pa.schema(
+    [
+        ("unit_id", pa.string()),
+        ("epoch", pa.int32()),
+        ("train_loss", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("val_macro_auroc", pa.float64()),
+        ("val_macro_f1", pa.float64()),
+        ("val_weighted_f1", pa.float64()),
+        ("lr", pa.float64()),
+        ("seconds", pa.float64()),
+    ]
+)
+
+PRETRAIN_SCHEMA = pa.schema(
+    [
+        ("unit_id", pa.string()),
+        ("architecture", pa.string()),
+        ("upstream", pa.string()),
+        ("pretrain_task", pa.string()),
+        ("num_workers", pa.int32()),
+        ("n_train", pa.int64()),
+        ("val_macro_auroc", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("best_epoch", pa.int32()),
+        ("epochs", pa.int32()),
+        ("train_seconds", pa.float64()),
+        ("hardware", pa.string()),
+        ("code_version", pa.string()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("config", pa.string()),
+    ]
+)
+
+
+def trial_path(uid: str) -> str:
+    return f"results/trials/{uid}.parquet"
+
+
+def epochs_path(uid: str) -> str:
+    return f"results/epochs/{uid}.parquet"
+
+
+def pretrain_path(uid: str) -> str:
+    return f"results/pretrain/{uid}.parquet"
+
+
+def checkpoint_path(uid: str) -> str:
+    return f"checkpoints/{uid}/last.pt"
+
+
+def weights_path(uid: str) -> str:
+    return f"pretrained/{uid}/model.pt"
+
+
+def run_marker_path(uid: str) -> str:
+    return f"runs/{uid}.json"
+
+
+def result_path(stage: str, uid: str) -> str:
+    """Where the row that marks `uid` done lives."""
+    return pretrain_path(uid) if stage == "pretrain" else trial_path(uid)

@@ -1,0 +1,199 @@
+"""One study root on a local path or S3, through pyarrow filesystems.
+
+The store is the source of truth of a study: a unit is done when its result file is here.
+Every write is atomic: a local file is written under a dot-name and renamed into place; an S3
+object appears only when its upload completes. Readers of Parquet datasets ignore names that
+start with "." or "_", so a half-written temporary file is never read as a result.
+
+This module depends on pyarrow only, so `analysis/` can read a store without Ray or torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from study.errors import StorageError
+
+__all__ = ["Store", "filesystem_for"]
+
+
+def _s3_filesystem(query: dict[str, list[str]]) -> pafs.S3FileSystem:
+    """An S3 filesystem honouring the standard AWS environment variables.
+
+    AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) selects an S3-compatible endpoint such as MinIO
+    or a moto server; credentials and region come from the usual AWS variables and files.
+    """
+    endpoint = (
+        query.get("endpoint_override", [None])[0]
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    kwargs: dict = {}
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"//{endpoint}")
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = query.get("scheme", [parsed.scheme or "https"])[0]
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Resolve a store URI into (filesystem, path inside it).
+
+    Args:
+        uri: a local path, or `s3://bucket/prefix` (optionally with `?endpoint_override=HOST:PORT
+            &scheme=http`).
+
+    Raises:
+        StorageError: the scheme is not supported.
+    """
+    if uri.startswith("s3://"):
+        parsed = urlparse(uri)
+        path = f"{parsed.netloc}/{parsed.path.lstrip('/')}".rstrip("/")
+        if not parsed.netloc:
+            raise StorageError(f"an S3 store URI needs a bucket: s3://bucket/prefix, got {uri!r}")
+        return _s3_filesystem(parse_qs(parsed.query)), path
+    if "://" in uri:
+        raise StorageError(f"store URI must be a local path or s3://bucket/prefix, got {uri!r}")
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+class Store:
+    """A study root: atomic file, JSON and Parquet writes, and listing, on any pyarrow filesystem.
+
+    Args:
+        uri: a local path or `s3://bucket/prefix`.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri.rstrip("/") if uri.startswith("s3://") else str(Path(uri).expanduser())
+        self.fs, self.root = filesystem_for(uri)
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Store({self.uri!r})"
+
+    def __reduce__(self):
+        # pyarrow filesystems pickle, but rebuilding from the URI re-reads the environment
+        # of the worker that unpickles it, which is what a remote Ray worker needs.
+        return (Store, (self.uri,))
+
+    def child(self, *parts: str) -> Store:
+        """The store rooted at a sub-path (a study inside a storage root)."""
+        base = self.uri if self.uri.startswith("s3://") else str(Path(self.uri))
+        return Store("/".join([base.rstrip("/"), *parts]))
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    # --- plain files -------------------------------------------------------------------
+    def exists(self, *parts: str) -> bool:
+        try:
+            return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+        except OSError as e:
+            raise StorageError(f"cannot reach store {self.uri}: {e}") from e
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write `data` at `rel` atomically (a reader sees the old file or the new, never half)."""
+        final = self.path(rel)
+        parent = final.rsplit("/", 1)[0]
+        try:
+            self.fs.create_dir(parent, recursive=True)
+            if self.is_local:
+                tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
+                with self.fs.open_output_stream(tmp) as f:
+                    f.write(data)
+                os.replace(tmp, final)
+            else:
+                with self.fs.open_output_stream(final) as f:
+                    f.write(data)
+        except OSError as e:
+            raise StorageError(f"cannot write {rel} in store {self.uri}: {e}") from e
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                return f.read()
+        except FileNotFoundError as e:
+            raise StorageError(f"{rel} is not in store {self.uri}") from e
+        except OSError as e:
+            raise StorageError(f"cannot read {rel} from store {self.uri}: {e}") from e
+
+    def write_json(self, rel: str, obj) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, rel: str):
+        return json.loads(self.read_bytes(rel))
+
+    def list_names(self, rel_dir: str, suffix: str = "") -> list[str]:
+        """File names (not paths) directly under `rel_dir` ending in `suffix`; [] if absent."""
+        selector = pafs.FileSelector(self.path(rel_dir), allow_not_found=True, recursive=False)
+        try:
+            infos = self.fs.get_file_info(selector)
+        except OSError as e:
+            raise StorageError(f"cannot list {rel_dir} in store {self.uri}: {e}") from e
+        return sorted(
+            i.base_name
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.base_name.endswith(suffix)
+            and not i.base_name.startswith((".", "_"))
+        )
+
+    def delete_dir(self, rel_dir: str) -> None:
+        try:
+            if self.exists(rel_dir):
+                self.fs.delete_dir(self.path(rel_dir))
+        except OSError as e:
+            raise StorageError(f"cannot delete {rel_dir} in store {self.uri}: {e}") from e
+
+    def download_dir(self, rel_dir: str, dest: Path) -> None:
+        """Copy a directory of the store to a local folder (for data read by memory-map)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(self.path(rel_dir), str(dest), source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+
+    def upload_dir(self, src: Path, rel_dir: str) -> None:
+        """Copy a local folder into the store, each file written atomically."""
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                self.write_bytes(f"{rel_dir}/{p.relative_to(src).as_posix()}", p.read_bytes())
+
+    # --- Parquet -----------------------------------------------------------------------
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        """Write one Parquet file atomically (one part per unit, named by its id)."""
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.write_bytes(rel, buf.getvalue())
+
+    def read_dataset(
+        self, rel_dir: str, schema: pa.Schema | None = None, columns: Iterable[str] | None = None
+    ) -> pa.Table | None:
+        """Read every Parquet part under `rel_dir` as one table; None when there is none.
+
+        Args:
+            schema: the table's contract; pass it so that parts whose nullable columns happen
+                to be all-null still read as one consistent table.
+        """
+        if not self.list_names(rel_dir, ".parquet"):
+            return None
+        try:
+            ds = pads.dataset(
+                self.path(rel_dir), filesystem=self.fs, format="parquet", schema=schema
+            )
+            return ds.to_table(columns=list(columns) if columns else None)
+        except OSError as e:
+            raise StorageError(f"cannot read {rel_dir} from store {self.uri}: {e}") from e

@@ -1,0 +1,264 @@
+"""Run one unit: the body of a Tune trial or of a Ray Train worker, with no Ray import.
+
+Each function takes the unit, the store and a `report` callable (ray.tune.report or
+ray.train.report when under Ray; None in a plain process), so a single unit can be run and
+debugged with `python -c` and no cluster.
+
+A unit's life in the store: a running marker; a checkpoint after each epoch (a re-run
+resumes from it); at the end the epochs table, then the result row (the row is written last:
+its presence means the unit is done); then the checkpoint is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+
+from study.data import PreparedDataset
+from study.data.prepared import default_cache_dir
+from study.errors import DataError
+from study.models import create_model
+from study.store import Store
+from study.sweep.plan import Unit
+from study.schema import (
+    EPOCHS_SCHEMA,
+    PRETRAIN_SCHEMA,
+    TRIALS_SCHEMA,
+    checkpoint_path,
+    epochs_path,
+    pretrain_path,
+    run_marker_path,
+    trial_path,
+    weights_path,
+)
+from study.training import (
+    FitConfig,
+    choose_thresholds,
+    classification_metrics,
+    fit,
+    load_state_bytes,
+    predict,
+    seed_everything,
+    state_to_bytes,
+)
+from study.training.checkpoint import load_backbone
+
+__all__ = ["run_finetune_unit", "run_pretrain_worker", "open_prepared", "hardware_string"]
+
+Report = Callable[[dict], None] | None
+
+
+def hardware_string(device: str = "cpu") -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
+    return f"cpu:{platform.machine()}x{os.cpu_count()}:threads={torch.get_num_threads()}"
+
+
+def open_prepared(store: Store, key: str) -> PreparedDataset:
+    """The prepared dataset `key` from the store, memory-mappable on this node.
+
+    A local store is read in place; a remote one is copied once into this node's cache
+    (under a temporary name, then renamed, so concurrent trials never see half a copy).
+    """
+    rel = f"prepared/{key}"
+    if store.is_local:
+        path = Path(store.path(rel))
+    else:
+        path = default_cache_dir() / key
+        if not (path / "meta.json").exists():
+            tmp = path.parent / f".tmp-{os.getpid()}-{time.time_ns()}"
+            store.download_dir(rel, tmp)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+    if not (path / "meta.json").exists():
+        raise DataError(f"prepared dataset {key} is not in store {store.uri}")
+    return PreparedDataset(path)
+
+
+def _mark(store: Store, unit: Unit, state: str, **extra) -> None:
+    store.write_json(run_marker_path(unit.unit_id), {
+        "unit_id": unit.unit_id, "stage": unit.stage, "state": state,
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "updated_at": datetime.now(UTC).isoformat(), **extra})
+
+
+def _load_checkpoint(store: Store, uid: str) -> dict | None:
+    if not store.exists(checkpoint_path(uid)):
+        return None
+    return load_state_bytes(store.read_bytes(checkpoint_path(uid)))
+
+
+def _fit_config(unit: Unit, device: str, batch_size: int | None = None) -> FitConfig:
+    t = unit.config["train"]
+    return FitConfig(epochs=t["epochs"], batch_size=batch_size or t["batch_size"], lr=t["lr"],
+                     weight_decay=t["weight_decay"], patience=t["patience"],
+                     seed=unit.config["seed"], device=device)
+
+
+def _epochs_table(uid: str, history: list[dict]) -> pa.Table:
+    rows = [{"unit_id": uid, **{k: h.get(k) for k in EPOCHS_SCHEMA.names if k != "unit_id"}}
+            for h in history]
+    return pa.Table.from_pylist(rows, schema=EPOCHS_SCHEMA)
+
+
+def run_finetune_unit(
+    unit: Unit, store: Store, env: dict, report: Report = None, device: str = "cpu"
+) -> dict | None:
+    """Run a fine-tuning or from-scratch unit to its result row (or return the stored one).
+
+    Args:
+        unit: a "finetune" or "scratch" unit.
+        store: the study's store.
+        env: run facts that are not part of the unit's identity (code_version).
+        report: called with each epoch's record (ray.tune.report inside Tune).
+        device: "cpu" or "cuda".
+
+    Returns:
+        The result row, or None when the store already held it (nothing was re-run).
+    """
+    uid = unit.unit_id
+    if store.exists(trial_path(uid)):
+        return None
+    c = unit.config
+    _mark(store, unit, "running")
+    try:
+        seed_everything(c["seed"])
+        data = open_prepared(store, c["downstream_key"])
+        train_idx = data.train_subset(c["data_fraction"], c["repeat"])
+        train = data.arrays(train_idx)
+        val = data.arrays(data.split_indices("val"))
+        test = data.arrays(data.split_indices("test"))
+        model = create_model(c["architecture"], in_channels=data.in_channels,
+                             num_classes=len(data.classes), input_length=data.n_samples,
+                             **c["architecture_options"])
+        if unit.stage == "finetune":
+            weights = load_state_bytes(store.read_bytes(weights_path(c["pretrain_unit"])))
+            load_backbone(model, weights, model.classifier_prefixes)
+            model.freeze(c["freeze_depth"])
+
+        def on_epoch(state: dict, record: dict) -> None:
+            store.write_bytes(checkpoint_path(uid), state_to_bytes(state))
+            _mark(store, unit, "running", epoch=record["epoch"])
+            if report is not None:
+                report({k: v for k, v in record.items() if isinstance(v, int | float)})
+
+        t0 = time.perf_counter()
+        resume = _load_checkpoint(store, uid)
+        result = fit(model, train, val, _fit_config(unit, device), resume=resume,
+                     on_epoch=on_epoch)
+        # Seconds of the epochs run before an interruption count too.
+        train_seconds = sum(h["seconds"] for h in result.history) if resume else \
+            time.perf_counter() - t0
+        model.load_state_dict(result.best_state)
+        p_val = predict(model, val[0], device=device)
+        p_test = predict(model, test[0], device=device)
+        thresholds = choose_thresholds(val[1], p_val)
+        test_m = classification_metrics(test[1], p_test, thresholds)
+        best = result.history[result.best_epoch - 1]
+        row = {
+            "unit_id": uid, "architecture": c["architecture_label"],
+            "init": "pretrained" if unit.stage == "finetune" else "scratch",
+            "upstream": c.get("upstream"), "pretrain_task": c.get("pretrain_task"),
+            "pretrain_unit": c.get("pretrain_unit"), "downstream": c["downstream"],
+            "freeze_depth": c["freeze_depth"], "data_fraction": c["data_fraction"],
+            "repeat": c["repeat"], "seed": c["seed"], "n_train": len(train_idx),
+            "n_val": len(val[1]), "n_test": len(test[1]),
+            **{f"test_{k}": v for k, v in test_m.items()},
+            "val_macro_auroc": best["val_macro_auroc"], "val_loss": best["val_loss"],
+            "best_epoch": result.best_epoch, "epochs": result.epochs_run,
+            "train_seconds": train_seconds,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "hardware": hardware_string(device), "code_version": env.get("code_version", ""),
+            "finished_at": datetime.now(UTC), "config": json.dumps(c, sort_keys=True),
+        }
+        store.write_table(epochs_path(uid), _epochs_table(uid, result.history))
+        store.write_table(trial_path(uid), pa.Table.from_pylist([row], schema=TRIALS_SCHEMA))
+        store.delete_dir(f"checkpoints/{uid}")
+        _mark(store, unit, "done")
+        return row
+    except BaseException as e:
+        _mark(store, unit, "failed", error=f"{type(e).__name__}: {e}",
+              traceback=traceback.format_exc()[-4000:])
+        raise
+
+
+def run_pretrain_worker(
+    unit: Unit, store: Store, env: dict, rank: int, world_size: int,
+    report: Report = None, device: str = "cpu",
+) -> None:
+    """The body of one DDP worker of a pretraining unit (torch.distributed set up by caller).
+
+    Every rank trains on its shard and evaluates the whole validation split (so all ranks
+    take the same early-stopping decision); rank 0 alone writes checkpoints and results.
+    """
+    uid = unit.unit_id
+    c = unit.config
+    if rank == 0:
+        _mark(store, unit, "running")
+    try:
+        seed_everything(c["seed"])
+        data = open_prepared(store, c["upstream_key"])
+        train_idx = data.split_indices("train")
+        train, val = data.arrays(train_idx), data.arrays(data.split_indices("val"))
+        model = create_model(c["architecture"], in_channels=data.in_channels,
+                             num_classes=len(data.classes), input_length=data.n_samples,
+                             **c["architecture_options"])
+        # The spec's batch size is global: each of the DDP workers takes its share.
+        per_worker = max(1, c["train"]["batch_size"] // world_size)
+
+        def on_epoch(state: dict, record: dict) -> None:
+            if rank == 0:
+                store.write_bytes(checkpoint_path(uid), state_to_bytes(state))
+                _mark(store, unit, "running", epoch=record["epoch"])
+            if report is not None:
+                report({k: v for k, v in record.items() if isinstance(v, int | float)})
+
+        t0 = time.perf_counter()
+        resume = _load_checkpoint(store, uid)
+        result = fit(model, train, val, _fit_config(unit, device, per_worker), resume=resume,
+                     on_epoch=on_epoch)
+        if rank != 0:
+            return
+        train_seconds = sum(h["seconds"] for h in result.history) if resume else \
+            time.perf_counter() - t0
+        model.load_state_dict(result.best_state)
+        store.write_bytes(weights_path(uid), state_to_bytes(model.state_dict()))
+        store.write_json(f"pretrained/{uid}/model.json", {
+            "model": model.config, "classifier_prefixes": list(model.classifier_prefixes),
+            "classes": data.classes, "lead_names": data.meta["lead_names"],
+            "fs": data.meta["fs"], "n_samples": data.n_samples, "unit": c})
+        best = result.history[result.best_epoch - 1]
+        row = {
+            "unit_id": uid, "architecture": c["architecture_label"], "upstream": c["upstream"],
+            "pretrain_task": c["task"], "num_workers": world_size, "n_train": len(train_idx),
+            "val_macro_auroc": best["val_macro_auroc"], "val_loss": best["val_loss"],
+            "best_epoch": result.best_epoch, "epochs": result.epochs_run,
+            "train_seconds": train_seconds, "hardware": hardware_string(device),
+            "code_version": env.get("code_version", ""), "finished_at": datetime.now(UTC),
+            "config": json.dumps(c, sort_keys=True),
+        }
+        store.write_table(epochs_path(uid), _epochs_table(uid, result.history))
+        store.write_table(pretrain_path(uid), pa.Table.from_pylist([row], schema=PRETRAIN_SCHEMA))
+        store.delete_dir(f"checkpoints/{uid}")
+        _mark(store, unit, "done")
+    except BaseException as e:
+        if rank == 0:
+            _mark(store, unit, "failed", error=f"{type(e).__name__}: {e}",
+                  traceback=traceback.format_exc()[-4000:])
+        raise
+
+

@@ -1,0 +1,148 @@
+"""Expand a spec into units: pretraining runs and fine-tuning / from-scratch trials.
+
+Not a blind Cartesian product:
+- one pretraining unit per (architecture, upstream, task): it does not vary with the
+  downstream dataset, the freeze depth, the fraction or the repeat;
+- a from-scratch unit does not vary with the upstream dataset or the freeze depth;
+- a dataset is not paired with itself unless `allow_self_pairs` is set. Then the pairing is
+  patient-disjoint where it matters: pretraining reads only the train and validation folds,
+  so the downstream test patients were never seen upstream.
+
+Every unit has an id hashed from everything that determines its result (its resolved config,
+including the id of the pretraining unit it starts from), so two specs that share a unit
+share its id and its stored result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from study.data import prepared_key
+from study.sweep.spec import Spec
+
+__all__ = ["Unit", "Plan", "make_plan", "unit_id"]
+
+STAGES = ("pretrain", "finetune", "scratch")
+_PREFIX = {"pretrain": "pt", "finetune": "ft", "scratch": "sc"}
+
+
+def unit_id(stage: str, config: dict) -> str:
+    """A stable id: stage prefix + the hash of the canonical JSON of the config."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return f"{_PREFIX[stage]}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work. `config` determines its result; `depends_on` must finish first."""
+
+    unit_id: str
+    stage: str
+    config: dict
+    depends_on: str | None = None
+
+    @property
+    def axes(self) -> dict:
+        c = self.config
+        return {
+            "architecture": c["architecture_label"],
+            "upstream": c.get("upstream"),
+            "downstream": c.get("downstream"),
+            "init": {"pretrain": None, "finetune": "pretrained", "scratch": "scratch"}[self.stage],
+            "freeze_depth": c.get("freeze_depth"),
+            "data_fraction": c.get("data_fraction"),
+            "repeat": c.get("repeat"),
+        }
+
+
+@dataclass
+class Plan:
+    units: list[Unit]
+    excluded: list[str] = field(default_factory=list)  # why some combinations are absent
+
+    def by_stage(self, stage: str) -> list[Unit]:
+        return [u for u in self.units if u.stage == stage]
+
+    def get(self, uid: str) -> Unit:
+        return self._index[uid]
+
+    @property
+    def _index(self) -> dict[str, Unit]:
+        return {u.unit_id: u for u in self.units}
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [{"unit_id": u.unit_id, "stage": u.stage, **u.axes, "depends_on": u.depends_on,
+              "config": json.dumps(u.config, sort_keys=True)} for u in self.units]
+        )
+
+    def counts(self) -> dict:
+        """Units per stage, and per axis value within each stage."""
+        out: dict = {"total": len(self.units), "stages": {}}
+        for stage in STAGES:
+            units = self.by_stage(stage)
+            axes: dict[str, Counter] = {}
+            for u in units:
+                for k, v in u.axes.items():
+                    if v is not None and k != "init":
+                        axes.setdefault(k, Counter())[v] += 1
+            out["stages"][stage] = {"units": len(units),
+                                    "axes": {k: dict(sorted(c.items())) for k, c in axes.items()}}
+        return out
+
+
+def _train_cfg(section) -> dict:
+    return {k: getattr(section, k)
+            for k in ("epochs", "batch_size", "lr", "weight_decay", "patience")}
+
+
+def make_plan(spec: Spec) -> Plan:
+    """Expand `spec` into its units (deterministic order: pretraining first)."""
+    units: list[Unit] = []
+    excluded: list[str] = []
+    pretrain_ids: dict[tuple[str, str], str] = {}
+    for arch in spec.architectures:
+        arch_cfg = {"architecture": arch.name, "architecture_options": dict(arch.options),
+                    "architecture_label": arch.label}
+        for up in spec.upstream:
+            cfg = {**arch_cfg, "stage": "pretrain", "upstream": up,
+                   "upstream_key": prepared_key(up), "task": spec.pretrain.task,
+                   "seed": spec.seed, "num_workers": spec.pretrain.num_workers,
+                   "train": _train_cfg(spec.pretrain)}
+            uid = unit_id("pretrain", cfg)
+            pretrain_ids[(arch.label, up)] = uid
+            units.append(Unit(uid, "pretrain", cfg))
+    for arch in spec.architectures:
+        arch_cfg = {"architecture": arch.name, "architecture_options": dict(arch.options),
+                    "architecture_label": arch.label}
+        depths = spec.freeze_depths_for(arch)
+        for down in spec.downstream:
+            base = {**arch_cfg, "downstream": down, "downstream_key": prepared_key(down),
+                    "train": _train_cfg(spec.finetune)}
+            for frac in spec.finetune.data_fractions:
+                for rep in range(spec.finetune.repeats):
+                    # The seed depends on the repeat only, so both arms of a pair share it.
+                    common = {**base, "data_fraction": frac, "repeat": rep,
+                              "seed": spec.seed + rep}
+                    if spec.finetune.scratch:
+                        cfg = {**common, "stage": "scratch", "freeze_depth": 0}
+                        units.append(Unit(unit_id("scratch", cfg), "scratch", cfg))
+                    for up in spec.upstream:
+                        if up == down and not spec.allow_self_pairs:
+                            continue
+                        pt = pretrain_ids[(arch.label, up)]
+                        for depth in depths:
+                            cfg = {**common, "stage": "finetune", "upstream": up,
+                                   "pretrain_task": spec.pretrain.task, "pretrain_unit": pt,
+                                   "freeze_depth": depth}
+                            units.append(Unit(unit_id("finetune", cfg), "finetune", cfg, pt))
+            if down in spec.upstream and not spec.allow_self_pairs:
+                excluded.append(f"{down} as its own upstream (set allow_self_pairs to include)")
+    # A pretraining unit that no fine-tuning unit uses is still planned: its weights are a
+    # result of the study in their own right (and the plan stays a function of the spec).
+    return Plan(units=units, excluded=sorted(set(excluded)))

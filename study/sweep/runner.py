@@ -1,0 +1,336 @@
+"""The driver: run, resume and inspect a study whose source of truth is its store.
+
+`run` writes the resolved spec and the plan to the store, prepares the datasets into it,
+runs the pretraining units (Ray Train, DDP) and then fans the fine-tuning and from-scratch
+units out over Ray Tune, in chunks. `resume` is the same with the spec read back from the
+store: it runs exactly the planned units whose result row is missing, whatever happened to
+the previous driver or to Tune's own state.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from tqdm.auto import tqdm
+
+from study.data import prepare, prepared_key
+from study.errors import ConfigError, StorageError, StudyError
+from study.store import Store
+from study.sweep.plan import STAGES, Plan, Unit, make_plan
+from study.schema import result_path, run_marker_path, weights_path
+from study.sweep.spec import Spec, parse_spec, spec_to_yaml
+
+__all__ = ["run_study", "resume_study", "study_status", "load_study", "StudyOutcome"]
+
+# A running marker not touched for this long is reported as stale (its driver is gone).
+STALE_AFTER_S = 30 * 60
+
+
+@dataclass
+class StudyOutcome:
+    store: Store
+    planned: int
+    done: int
+    failed: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.planned
+
+
+def code_version() -> str:
+    """`git describe` of the checkout the driver runs from, else the package version."""
+    from study import __version__
+
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).resolve().parents[2])
+        if out.returncode == 0 and out.stdout.strip():
+            return f"{__version__}+{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return __version__
+
+
+def _log(msg: str) -> None:
+    print(f"[study] {msg}", file=sys.stderr, flush=True)
+
+
+# --- the store side -------------------------------------------------------------------------
+def init_study(store: Store, spec: Spec) -> Plan:
+    """Write spec and plan into a new study root, or check that they match an existing one."""
+    plan = make_plan(spec)
+    if store.exists("spec.yaml"):
+        stored = load_spec_from_store(store)
+        if stored.digest() != spec.digest():
+            raise ConfigError(
+                f"{store.uri} already holds study {stored.name!r} with a different spec; "
+                f"use `study resume {store.uri}` to finish it, or another --name"
+            )
+    else:
+        store.write_bytes("spec.yaml", spec_to_yaml(spec).encode())
+    buf = io.BytesIO()
+    plan.table().to_parquet(buf, index=False)
+    store.write_bytes("plan.parquet", buf.getvalue())
+    return plan
+
+
+def load_spec_from_store(store: Store) -> Spec:
+    if not store.exists("spec.yaml"):
+        raise StorageError(f"{store.uri} is not a study (no spec.yaml)")
+    return parse_spec(yaml.safe_load(store.read_bytes("spec.yaml")), f"{store.uri}/spec.yaml")
+
+
+def load_study(uri: str) -> tuple[Store, Spec, Plan]:
+    store = Store(uri)
+    spec = load_spec_from_store(store)
+    return store, spec, make_plan(spec)
+
+
+def done_ids(store: Store, units: Iterable[Unit]) -> set[str]:
+    """Ids of the units whose result row is in the store (listing, not one probe per unit)."""
+    present = {n.removesuffix(".parquet") for d in ("trials", "pretrain")
+               for n in store.list_names(f"results/{d}", ".parquet")}
+    return {u.unit_id for u in units if u.unit_id in present}
+
+
+def prepare_datasets(store: Store, names: Iterable[str]) -> None:
+    """Prepare each dataset once into the store (meta.json last: it marks completeness)."""
+    for name in sorted(set(names)):
+        key = prepared_key(name)
+        if store.exists(f"prepared/{key}/meta.json"):
+            continue
+        _log(f"preparing dataset {name} ({key})")
+        if store.is_local:
+            prepare(name, cache_dir=Path(store.path("prepared")))
+            continue
+        from study.data.prepared import default_cache_dir
+
+        local = prepare(name, cache_dir=default_cache_dir())
+        for p in sorted(local.iterdir(), key=lambda p: p.name == "meta.json"):
+            store.write_bytes(f"prepared/{key}/{p.name}", p.read_bytes())
+
+
+# --- Ray ------------------------------------------------------------------------------------
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to a cluster (address or RAY_ADDRESS), or start a local one on loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
+                 configure_logging=True, logging_level="WARNING")
+
+
+def _pretrain_loop(config: dict) -> None:
+    """The Ray Train worker function of a pretraining unit."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from study.sweep.execute import run_pretrain_worker
+
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(config["threads"])))
+    run_pretrain_worker(Unit(**config["unit"]), Store(config["store_uri"]), config["env"],
+                        rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
+                        report=ray.train.report, device=str(device))
+
+
+def _run_pretrain_unit(unit: Unit, store: Store, spec: Spec, env: dict) -> None:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    p = spec.pretrain
+    trainer = TorchTrainer(
+        _pretrain_loop,
+        train_loop_config={"unit": unit.__dict__, "store_uri": store.uri, "env": env,
+                           "threads": p.cpus_per_worker},
+        scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=p.use_gpu,
+                                     resources_per_worker={"CPU": p.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
+        run_config=RunConfig(
+            # A fresh name per attempt: our own checkpoint in the store does the resuming.
+            name=f"{unit.unit_id}-{uuid.uuid4().hex[:8]}",
+            storage_path=store.path("_ray", "train"),
+            storage_filesystem=store.fs,
+            # Never retry forever: a unit whose workers cannot be placed must fail, not hang.
+            failure_config=FailureConfig(max_failures=spec.execution.max_failures,
+                                         controller_failure_limit=spec.execution.max_failures),
+        ),
+    )
+    trainer.fit()
+
+
+def _tune_trial(config: dict, units: dict, store_uri: str, env: dict, threads: float,
+                use_gpu: bool) -> None:
+    """A Tune trial: one fine-tuning or from-scratch unit."""
+    import ray.tune
+    import torch
+
+    from study.sweep.execute import run_finetune_unit
+
+    torch.set_num_threads(max(1, int(threads)))
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    run_finetune_unit(units[config["unit_id"]], Store(store_uri), env,
+                      report=ray.tune.report, device=device)
+
+
+def _run_tune_chunk(units: list[Unit], store: Store, spec: Spec, env: dict, bar) -> None:
+    from ray import tune
+
+    f = spec.finetune
+
+    class _Progress(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            bar.update(1)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            bar.update(1)
+            bar.set_postfix_str(f"failed: {trial.config['unit_id']}")
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_tune_trial, units={u.unit_id: u for u in units},
+                             store_uri=store.uri, env=env, threads=f.cpus_per_trial,
+                             use_gpu=f.gpus_per_trial > 0),
+        {"cpu": f.cpus_per_trial, "gpu": f.gpus_per_trial},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"unit_id": tune.grid_search([u.unit_id for u in units])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=f.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"finetune-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+            storage_path=store.path("_ray", "tune"), storage_filesystem=store.fs,
+            failure_config=tune.FailureConfig(max_failures=spec.execution.max_failures),
+            callbacks=[_Progress()], verbose=0,
+        ),
+    )
+    tuner.fit()
+
+
+def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> StudyOutcome:
+    env = {"code_version": code_version()}
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S",
+                          str(spec.execution.worker_start_timeout_s))
+    done = done_ids(store, plan.units)
+    pending = [u for u in plan.units if u.unit_id not in done]
+    _log(f"study {spec.name} at {store.uri}: {len(plan.units)} units planned, "
+         f"{len(done)} already done, {len(pending)} to run")
+    if not pending:
+        return StudyOutcome(store, len(plan.units), len(done), [])
+    prepare_datasets(store, [u.config.get("upstream") for u in plan.by_stage("pretrain")]
+                     + [u.config["downstream"] for u in plan.units if u.stage != "pretrain"])
+    ensure_ray(address)
+    bar = tqdm(total=len(pending), desc="units", unit="unit", mininterval=2, file=sys.stderr,
+               dynamic_ncols=True)
+    try:
+        pre = [u for u in pending if u.stage == "pretrain"]
+        if pre:
+            bar.set_postfix_str("pretraining")
+
+            def one(u: Unit) -> None:
+                try:
+                    _run_pretrain_unit(u, store, spec, env)
+                except Exception as e:  # the unit's marker holds the traceback
+                    _log(f"pretraining unit {u.unit_id} failed: {type(e).__name__}: {e}")
+                finally:
+                    bar.update(1)
+
+            with ThreadPoolExecutor(spec.pretrain.max_concurrent) as pool:
+                list(pool.map(one, pre))
+        have_weights = {u.unit_id for u in plan.by_stage("pretrain")
+                        if store.exists(weights_path(u.unit_id))}
+        trials = [u for u in pending if u.stage != "pretrain"]
+        runnable = [u for u in trials if u.depends_on is None or u.depends_on in have_weights]
+        blocked = len(trials) - len(runnable)
+        if blocked:
+            _log(f"{blocked} fine-tuning units skipped: their pretraining unit failed")
+            bar.update(blocked)
+        bar.set_postfix_str("fine-tuning")
+        size = spec.execution.tune_chunk_size
+        for start in range(0, len(runnable), size):
+            _run_tune_chunk(runnable[start : start + size], store, spec, env, bar)
+    finally:
+        bar.close()
+    done = done_ids(store, plan.units)
+    failed = [u.unit_id for u in plan.units if u.unit_id not in done]
+    return StudyOutcome(store, len(plan.units), len(done), failed)
+
+
+def run_study(spec: Spec, storage: str, name: str | None = None,
+              address: str | None = None) -> StudyOutcome:
+    """Run (or continue) the study `spec` under `storage/name` (name defaults to spec.name)."""
+    store = Store(storage).child(name or spec.name)
+    plan = init_study(store, spec)
+    return _execute(store, spec, plan, address)
+
+
+def resume_study(uri: str, address: str | None = None) -> StudyOutcome:
+    """Run exactly the planned units of the study at `uri` whose results are missing."""
+    store, spec, plan = load_study(uri)
+    return _execute(store, spec, plan, address)
+
+
+def study_status(uri: str) -> pd.DataFrame:
+    """done / running / failed / pending units per stage, from the store alone."""
+    store, _, plan = load_study(uri)
+    done = done_ids(store, plan.units)
+    markers = {n.removesuffix(".json") for n in store.list_names("runs", ".json")}
+    now = time.time()
+    rows = []
+    for u in plan.units:
+        state = "pending"
+        if u.unit_id in done:
+            state = "done"
+        elif u.unit_id in markers:
+            m = store.read_json(run_marker_path(u.unit_id))
+            age = now - datetime.fromisoformat(m["updated_at"]).timestamp()
+            if m["state"] == "failed":
+                state = "failed"
+            elif m["state"] == "running" and age < STALE_AFTER_S:
+                state = "running"
+        rows.append({"stage": u.stage, "state": state, "unit_id": u.unit_id})
+    df = pd.DataFrame(rows)
+    table = (df.groupby(["stage", "state"]).size().unstack(fill_value=0)
+             .reindex(index=list(STAGES), columns=["done", "running", "failed", "pending"],
+                      fill_value=0))
+    table.loc["total"] = table.sum()
+    return table
+
+
+def failures(uri: str) -> list[dict]:
+    """The failure markers of the study's unfinished units (unit, host, error)."""
+    store, _, plan = load_study(uri)
+    done = done_ids(store, plan.units)
+    out = []
+    for n in store.list_names("runs", ".json"):
+        m = store.read_json(f"runs/{n}")
+        if m["state"] == "failed" and m["unit_id"] not in done:
+            out.append(m)
+    return out
+
+
+def result_exists(store: Store, unit: Unit) -> bool:
+    return store.exists(result_path(unit.stage, unit.unit_id))
+
+
+__all__ += ["failures", "result_exists", "StudyError"]

@@ -1,0 +1,260 @@
+"""The experiment spec: YAML validated into frozen, typed config objects.
+
+Unknown keys, wrong types and impossible values fail at load time with a message that names
+the key, the rule and the value, before anything runs. Nothing past this module reads a raw
+config dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from study.errors import ConfigError
+
+__all__ = ["Spec", "ArchitectureSpec", "load_spec", "parse_spec", "spec_to_yaml"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ArchitectureSpec(_Strict):
+    """One architecture of the grid and the options its factory takes."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from study.models import list_models
+
+        if v not in list_models():
+            raise ValueError(f"unknown architecture {v!r}; known: {', '.join(list_models())}")
+        return v
+
+    @property
+    def label(self) -> str:
+        """A readable name that tells options apart ("resnet1d18[base_width=16]")."""
+        if not self.options:
+            return self.name
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.name}[{opts}]"
+
+
+class PretrainSpec(_Strict):
+    """Pretraining on each upstream dataset: one Ray Train (DDP) run per (architecture,
+    upstream)."""
+
+    task: Literal["classification"] = "classification"
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(5, ge=1)
+    num_workers: int = Field(2, ge=1)  # DDP workers; one GPU each when use_gpu
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    max_concurrent: int = Field(1, ge=1)  # pretraining runs at once (a cluster can hold more)
+
+
+class FinetuneSpec(_Strict):
+    """The fine-tuning and from-scratch grid, one Ray Tune trial per unit."""
+
+    freeze_depths: list[int | Literal["all"]] = Field(default_factory=lambda: [0])
+    data_fractions: list[float] = Field(default_factory=lambda: [1.0])
+    repeats: int = Field(10, ge=1)
+    scratch: bool = True  # also run the from-scratch arm (the paired control)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(5, ge=1)
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0)  # fractional GPUs share one card between trials
+    max_concurrent: int | None = Field(None, ge=1)
+
+    @field_validator("data_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("needs at least one data fraction")
+        for f in v:
+            if not 0.0 < f <= 1.0:
+                raise ValueError(f"every data fraction must be in (0, 1], got {f}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"data fractions must be distinct, got {v}")
+        return sorted(v)
+
+    @field_validator("freeze_depths")
+    @classmethod
+    def _depths(cls, v: list) -> list:
+        if not v:
+            raise ValueError("needs at least one freeze depth")
+        for d in v:
+            if d != "all" and d < 0:
+                raise ValueError(f"every freeze depth must be >= 0 or 'all', got {d}")
+        return v
+
+
+class ExecutionSpec(_Strict):
+    """How the sweep is run (never part of a unit's identity)."""
+
+    tune_chunk_size: int = Field(500, ge=1)  # trials per Tune experiment (driver memory)
+    max_failures: int = Field(1, ge=0)  # retries of a failing unit within one run
+    worker_start_timeout_s: float = Field(600, gt=0)  # give up placing DDP workers after this
+
+
+class Spec(_Strict):
+    """A whole study."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = 0
+    architectures: list[ArchitectureSpec]
+    upstream: list[str]
+    downstream: list[str]
+    allow_self_pairs: bool = False  # see plan.py: a dataset as its own upstream
+    pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+
+    @field_validator("architectures", mode="before")
+    @classmethod
+    def _arch_strings(cls, v):
+        if isinstance(v, list):
+            return [{"name": a} if isinstance(a, str) else a for a in v]
+        return v
+
+    @field_validator("upstream", "downstream")
+    @classmethod
+    def _datasets(cls, v: list[str]) -> list[str]:
+        from study.data import list_datasets
+
+        known = list_datasets()
+        for name in v:
+            if name not in known:
+                raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"datasets must be distinct, got {v}")
+        return v
+
+    @field_validator("architectures")
+    @classmethod
+    def _archs(cls, v: list[ArchitectureSpec]) -> list[ArchitectureSpec]:
+        if not v:
+            raise ValueError("needs at least one architecture")
+        labels = [a.label for a in v]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"architectures must be distinct, got {labels}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> Spec:
+        from study.models import model_info
+
+        if not self.downstream:
+            raise ValueError("downstream: needs at least one dataset")
+        for arch in self.architectures:
+            try:
+                max_depth = model_info(arch.name, **arch.options)["max_freeze_depth"]
+            except ConfigError as e:
+                raise ValueError(f"architectures: {e}") from None
+            for d in self.finetune.freeze_depths:
+                if d != "all" and d > max_depth:
+                    raise ValueError(
+                        f"finetune.freeze_depths: freeze_depth must be <= {max_depth} "
+                        f"for {arch.name}, got {d}"
+                    )
+        return self
+
+    def freeze_depths_for(self, arch: ArchitectureSpec) -> list[int]:
+        """The resolved freeze depths of `arch` ("all" = every stage: a linear probe)."""
+        from study.models import model_info
+
+        max_depth = model_info(arch.name, **arch.options)["max_freeze_depth"]
+        return sorted({max_depth if d == "all" else int(d) for d in self.finetune.freeze_depths})
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid experiment spec {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            parent = _model_at(Spec, e["loc"][:-1])
+            if parent is not None:
+                msg += f"; valid keys: {', '.join(parent.model_fields)}"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        value = e.get("input")
+        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) \
+            else f" (got {value!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class at `loc` inside `model`, if the path leads to one."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = getattr(ann, "__args__", (ann,))
+        found = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def parse_spec(data: Any, source: str = "<dict>") -> Spec:
+    """Validate a mapping (e.g. parsed YAML) into a Spec.
+
+    Raises:
+        ConfigError: listing every broken rule with its key and value.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid experiment spec {source}: expected a mapping at the top level,"
+                          f" got {type(data).__name__}")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate an experiment YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment spec {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"experiment spec {path} is not valid YAML: {e}") from None
+    return parse_spec(data, str(path))
+
+
+def spec_to_yaml(spec: Spec) -> str:
+    """The resolved spec (every default filled in), as written beside the results."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,355 @@
+"""analysis.report: numbers checked against hand computation, files, errors, NaN handling."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.report import paired_differences, summarize, write_report
+from study.errors import ConfigError, DataError
+
+# Two-sided 95% t quantiles, t(0.975, df), from a table: independent of the code under test.
+T_DF1 = 12.706204736174705
+T_DF2 = 4.302652729749464
+
+# Scratch trial r scores BASE + 0.02 r; a pretrained trial scores its scratch partner + DELTA[r].
+BASE = {("down_a", 0.1): 0.60, ("down_a", 1.0): 0.80, ("down_b", 0.1): 0.50, ("down_b", 1.0): 0.70}
+DELTA = {0: [0.05, 0.07, 0.09], 2: [-0.01, 0.02, 0.05]}  # freeze depth -> per-repeat difference
+METRICS = ("test_macro_auroc", "test_macro_f1", "test_weighted_f1")
+
+
+def _row(arch: str, down: str, fraction: float, repeat: int, freeze: int | None, auroc: float):
+    pretrained = freeze is not None
+    arm = f"ft{freeze}" if pretrained else "scratch"
+    return {
+        "unit_id": f"{arch}-{down}-{fraction}-{arm}-{repeat}",
+        "architecture": arch,
+        "init": "pretrained" if pretrained else "scratch",
+        "upstream": "up_a" if pretrained else None,
+        "pretrain_task": "task_x" if pretrained else None,
+        "downstream": down,
+        "freeze_depth": freeze if pretrained else 0,
+        "data_fraction": fraction,
+        "repeat": repeat,
+        "seed": 1000 + repeat,
+        "test_macro_auroc": auroc,
+        "test_macro_f1": auroc - 0.2,
+        "test_weighted_f1": auroc - 0.1,
+        "val_macro_auroc": auroc,
+        "best_epoch": 3,
+        "epochs": 5,
+        "train_seconds": 1.5,
+        "n_train": int(100 * fraction),
+        "hardware": "cpu",
+        "code_version": "test",
+    }
+
+
+def make_trials(architectures: tuple[str, ...] = ("tiny",)) -> pd.DataFrame:
+    """2 downstreams x 2 fractions x 3 repeats x (scratch, freeze 0, freeze 2) per architecture."""
+    rows = []
+    for arch in architectures:
+        for (down, fraction), base in BASE.items():
+            for repeat in range(3):
+                scratch = base + 0.02 * repeat
+                rows.append(_row(arch, down, fraction, repeat, None, scratch))
+                for freeze, deltas in DELTA.items():
+                    rows.append(
+                        _row(arch, down, fraction, repeat, freeze, scratch + deltas[repeat])
+                    )
+    return pd.DataFrame(rows)
+
+
+def _one(table: pd.DataFrame, **where: object) -> pd.Series:
+    mask = np.ones(len(table), dtype=bool)
+    for column, value in where.items():
+        mask &= (table[column] == value).to_numpy()
+    assert mask.sum() == 1, f"expected one row for {where}, got {mask.sum()}"
+    return table[mask].iloc[0]
+
+
+ARM0 = "pretrained:up_a/task_x/freeze=0"
+ARM2 = "pretrained:up_a/task_x/freeze=2"
+
+
+def test_summarize_mean_std_and_t_interval_by_hand() -> None:
+    summary = summarize(make_trials())
+
+    assert len(summary) == 2 * 2 * 3  # downstream x fraction x arm
+    assert list(summary["arm"][:6]) == ["scratch", "scratch", ARM0, ARM0, ARM2, ARM2]
+    assert list(summary["data_fraction"][:2]) == [0.1, 1.0]
+
+    # scratch at down_a, 0.1: 0.60, 0.62, 0.64 -> mean 0.62, std 0.02
+    row = _one(summary, downstream="down_a", arm="scratch", data_fraction=0.1)
+    half = T_DF2 * 0.02 / math.sqrt(3)
+    assert (row["n"], row["n_nan"]) == (3, 0)
+    assert row["mean"] == pytest.approx(0.62)
+    assert row["std"] == pytest.approx(0.02)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((0.62 - half, 0.62 + half))
+
+    # freeze 0 at down_b, 1.0: 0.70 + [0.05, 0.09, 0.13] -> mean 0.79, std 0.04
+    row = _one(summary, downstream="down_b", arm=ARM0, data_fraction=1.0)
+    half = T_DF2 * 0.04 / math.sqrt(3)
+    assert row["mean"] == pytest.approx(0.79)
+    assert row["std"] == pytest.approx(0.04)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((0.79 - half, 0.79 + half))
+    assert (row["upstream"], row["pretrain_task"], row["freeze_depth"]) == ("up_a", "task_x", 0)
+
+    # freeze 2 at down_a, 1.0: 0.80 + [-0.01, 0.04, 0.09] -> mean 0.84, std 0.05
+    row = _one(summary, downstream="down_a", arm=ARM2, data_fraction=1.0)
+    assert row["mean"] == pytest.approx(0.84)
+    assert row["std"] == pytest.approx(0.05)
+
+
+def test_summarize_other_metric() -> None:
+    summary = summarize(make_trials(), metric="test_macro_f1")
+    row = _one(summary, downstream="down_a", arm="scratch", data_fraction=0.1)
+    assert row["metric"] == "test_macro_f1"
+    assert row["mean"] == pytest.approx(0.42)
+
+
+@pytest.mark.parametrize(
+    ("arm", "mean", "std", "p", "wins"),
+    [
+        # diffs 0.05, 0.07, 0.09: all 3 signed ranks positive -> exact p = 2 * 1/8
+        (ARM0, 0.07, 0.02, 0.25, 3),
+        # diffs -0.01, 0.02, 0.05: W- = 1 -> exact p = 2 * P(W <= 1) = 2 * 2/8
+        (ARM2, 0.02, 0.03, 0.5, 2),
+    ],
+)
+def test_paired_differences_by_hand(arm: str, mean: float, std: float, p: float, wins: int):
+    paired = paired_differences(make_trials())
+    assert len(paired) == 2 * 2 * 2  # downstream x fraction x pretrained arm
+    half = T_DF2 * std / math.sqrt(3)
+    for down, fraction in BASE:
+        row = _one(paired, downstream=down, data_fraction=fraction, arm=arm)
+        assert (row["n_pairs"], row["n_unpaired"], row["n_nan"]) == (3, 0, 0)
+        assert row["mean_diff"] == pytest.approx(mean)
+        assert row["std_diff"] == pytest.approx(std)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((mean - half, mean + half))
+        assert row["wilcoxon_p"] == pytest.approx(p)
+        assert row["n_wins"] == wins
+        assert row["win_fraction"] == pytest.approx(wins / 3)
+
+
+def test_nan_metric_is_excluded_and_counted() -> None:
+    trials = make_trials()
+    hit = (trials["unit_id"] == "tiny-down_a-0.1-ft0-1").to_numpy()
+    assert hit.sum() == 1
+    trials.loc[hit, "test_macro_auroc"] = np.nan
+
+    row = _one(summarize(trials), downstream="down_a", arm=ARM0, data_fraction=0.1)
+    # left: 0.65, 0.73 -> mean 0.69, std 0.08 / sqrt(2), t with 1 degree of freedom
+    std = 0.08 / math.sqrt(2)
+    half = T_DF1 * std / math.sqrt(2)
+    assert (row["n"], row["n_nan"]) == (2, 1)
+    assert row["mean"] == pytest.approx(0.69)
+    assert row["std"] == pytest.approx(std)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((0.69 - half, 0.69 + half))
+
+    row = _one(paired_differences(trials), downstream="down_a", arm=ARM0, data_fraction=0.1)
+    # pairs left: diffs 0.05, 0.09 -> mean 0.07; both positive -> exact p = 2 * 1/4
+    assert (row["n_pairs"], row["n_nan"], row["n_unpaired"]) == (2, 1, 0)
+    assert row["mean_diff"] == pytest.approx(0.07)
+    assert row["std_diff"] == pytest.approx(0.04 / math.sqrt(2))
+    assert row["wilcoxon_p"] == pytest.approx(0.5)
+    assert (row["n_wins"], row["win_fraction"]) == (2, 1.0)
+
+    # The other metrics of that trial are still there.
+    row = _one(summarize(trials, "test_macro_f1"), downstream="down_a", arm=ARM0, data_fraction=0.1)
+    assert (row["n"], row["n_nan"]) == (3, 0)
+
+
+def test_all_nan_cell_has_nan_statistics() -> None:
+    trials = make_trials()
+    cell = (trials["freeze_depth"] == 2) & (trials["downstream"] == "down_b")
+    trials.loc[cell.to_numpy(), "test_macro_auroc"] = np.nan
+    row = _one(summarize(trials), downstream="down_b", arm=ARM2, data_fraction=0.1)
+    assert (row["n"], row["n_nan"]) == (0, 3)
+    assert all(math.isnan(row[c]) for c in ("mean", "std", "ci_low", "ci_high"))
+    row = _one(paired_differences(trials), downstream="down_b", arm=ARM2, data_fraction=0.1)
+    assert (row["n_pairs"], row["n_nan"]) == (0, 3)
+    assert math.isnan(row["mean_diff"]) and math.isnan(row["win_fraction"])
+
+
+def test_unpaired_trials_are_not_used_and_counted() -> None:
+    trials = make_trials()
+    drop = trials["unit_id"].isin(["tiny-down_b-1.0-scratch-2", "tiny-down_a-0.1-ft2-0"])
+    paired = paired_differences(trials[~drop.to_numpy()])
+
+    # No scratch for repeat 2 at down_b / 1.0: both arms lose that pair.
+    for arm, mean in ((ARM0, 0.06), (ARM2, 0.005)):
+        row = _one(paired, downstream="down_b", arm=arm, data_fraction=1.0)
+        assert (row["n_pairs"], row["n_unpaired"]) == (2, 1)
+        assert row["mean_diff"] == pytest.approx(mean)
+    # No freeze-2 trial for repeat 0 at down_a / 0.1: the scratch trial of repeat 0 is unpaired.
+    row = _one(paired, downstream="down_a", arm=ARM2, data_fraction=0.1)
+    assert (row["n_pairs"], row["n_unpaired"]) == (2, 1)
+    assert row["mean_diff"] == pytest.approx(0.035)
+    assert _one(paired, downstream="down_a", arm=ARM0, data_fraction=0.1)["n_unpaired"] == 0
+
+
+def test_pretrained_cell_without_any_scratch() -> None:
+    trials = make_trials()
+    trials = trials[~((trials["init"] == "scratch") & (trials["downstream"] == "down_a"))]
+    row = _one(paired_differences(trials), downstream="down_a", arm=ARM0, data_fraction=0.1)
+    assert (row["n_pairs"], row["n_unpaired"]) == (0, 3)
+    assert math.isnan(row["mean_diff"]) and math.isnan(row["wilcoxon_p"])
+
+
+def test_wilcoxon_is_nan_below_two_nonzero_differences() -> None:
+    trials = make_trials()
+    scratch = trials[trials["init"] == "scratch"].set_index(
+        ["downstream", "data_fraction", "repeat"]
+    )["test_macro_auroc"]
+    freeze0 = (trials["init"] == "pretrained") & (trials["freeze_depth"] == 0)
+    keys = list(zip(trials["downstream"], trials["data_fraction"], trials["repeat"], strict=True))
+    # freeze 0 equals scratch exactly everywhere; at down_a / 0.1 repeat 2 it is 0.01 higher.
+    equal = np.array([scratch[k] for k in keys])
+    equal = np.where((trials["unit_id"] == "tiny-down_a-0.1-ft0-2").to_numpy(), equal + 0.01, equal)
+    trials.loc[freeze0.to_numpy(), "test_macro_auroc"] = equal[freeze0.to_numpy()]
+    paired = paired_differences(trials)
+
+    row = _one(paired, downstream="down_b", arm=ARM0, data_fraction=0.1)  # all pairs equal
+    assert row["n_pairs"] == 3 and math.isnan(row["wilcoxon_p"])
+    assert (row["mean_diff"], row["ci_low"], row["ci_high"]) == pytest.approx((0, 0, 0))
+    assert row["n_wins"] == 0  # ties are not wins
+    row = _one(paired, downstream="down_a", arm=ARM0, data_fraction=0.1)  # one non-zero pair
+    assert math.isnan(row["wilcoxon_p"])
+    assert row["mean_diff"] == pytest.approx(0.01 / 3)
+    assert row["n_wins"] == 1
+
+
+def test_single_repeat_has_no_interval() -> None:
+    trials = make_trials()
+    trials = trials[trials["repeat"] == 0]
+    row = _one(summarize(trials), downstream="down_a", arm="scratch", data_fraction=0.1)
+    assert (row["n"], row["mean"]) == (1, pytest.approx(0.60))
+    assert all(math.isnan(row[c]) for c in ("std", "ci_low", "ci_high"))
+    row = _one(paired_differences(trials), downstream="down_a", arm=ARM0, data_fraction=0.1)
+    assert (row["n_pairs"], row["mean_diff"]) == (1, pytest.approx(0.05))
+    assert math.isnan(row["ci_low"]) and math.isnan(row["wilcoxon_p"])
+
+
+def _drop(*columns: str) -> pd.DataFrame:
+    return make_trials().drop(columns=list(columns))
+
+
+def _with(column: str, index: int, value: object) -> pd.DataFrame:
+    trials = make_trials()
+    trials[column] = trials[column].astype(object)
+    trials.loc[index, column] = value
+    return trials
+
+
+@pytest.mark.parametrize(
+    ("trials", "metric", "message"),
+    [
+        (pd.DataFrame(), "test_macro_auroc", "no finished trials"),
+        (make_trials().iloc[:0], "test_macro_auroc", "no finished trials"),
+        (_drop("repeat", "downstream"), "test_macro_auroc", r"column\(s\) downstream, repeat;"),
+        (_drop("test_macro_auroc"), "test_macro_auroc", r"column\(s\) test_macro_auroc;"),
+        (make_trials(), "test_auprc", r"column\(s\) test_auprc;"),
+        (
+            _with("init", 0, "linear_probe"),
+            "test_macro_auroc",
+            "init must be one of .*linear_probe",
+        ),
+        (_with("upstream", 1, None), "test_macro_auroc", "upstream must be set for pretrained"),
+        (_with("data_fraction", 0, 1.5), "test_macro_auroc", r"data_fraction must be in \(0, 1\]"),
+        (_with("test_macro_auroc", 0, "high"), "test_macro_auroc", "must be numeric"),
+        (
+            _with("repeat", 3, 0),  # a second scratch trial for repeat 0 of down_a / 0.1
+            "test_macro_auroc",
+            "must hold one trial; 2 trials share .* tiny-down_a-0.1-scratch-0, "
+            "tiny-down_a-0.1-scratch-1",
+        ),
+    ],
+)
+def test_bad_tables_raise_data_error(trials: pd.DataFrame, metric: str, message: str) -> None:
+    for function in (summarize, paired_differences):
+        with pytest.raises(DataError, match=message):
+            function(trials, metric=metric)
+    assert issubclass(DataError, ValueError)
+
+
+def test_write_report_files_and_numbers(tmp_path) -> None:
+    trials = make_trials()
+    trials.loc[(trials["unit_id"] == "tiny-down_b-0.1-scratch-0").to_numpy(), "test_macro_f1"] = (
+        np.nan
+    )
+    written = write_report(trials, tmp_path / "report")
+
+    pngs = [f"{kind}_{m}.png" for m in METRICS for kind in ("finetune_vs_scratch", "freeze_depth")]
+    assert set(written) == {*pngs, "summary.csv", "summary.md", "paired.csv"}
+    for name in pngs:
+        data = written[name].read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, name
+
+    summary = pd.read_csv(written["summary.csv"])
+    assert len(summary) == 12 * len(METRICS)
+    for metric in METRICS:
+        expected = summarize(trials, metric)
+        got = summary[summary["metric"] == metric].reset_index(drop=True)
+        np.testing.assert_allclose(got["mean"], expected["mean"])
+        np.testing.assert_allclose(got["ci_high"], expected["ci_high"])
+        assert list(got["n_nan"]) == list(expected["n_nan"])
+    assert summary["n_nan"].sum() == 1
+    paired = pd.read_csv(written["paired.csv"])
+    assert len(paired) == 8 * len(METRICS)
+    auroc = paired[paired["metric"] == "test_macro_auroc"]
+    np.testing.assert_allclose(auroc["mean_diff"], [0.07, 0.07, 0.02, 0.02] * 2, atol=1e-12)
+
+    text = written["summary.md"].read_text()
+    # 0.07 +- 4.3027 * 0.02 / sqrt(3) = [0.020, 0.120]
+    assert (
+        "- at data fraction 0.1 on down_a (tiny), pretrained (up_a/task_x, freeze=0) - scratch = "
+        "+0.070 AUROC [95% CI 0.020, 0.120], 3/3 pairs won (Wilcoxon p = 0.25) (best of 2 arms)"
+    ) in text
+    assert text.count("pairs won") == 4  # one headline per downstream x fraction
+    assert "| down_a | tiny | scratch | 0.1 | 3 | 0 | 0.620 | 0.020 | 0.570 | 0.670 |" in text
+    assert f"| down_b | tiny | {ARM2} | 1 | 3 | 0 | 0 | +0.020 |" in text
+    assert "36 finished trials" in text
+
+
+def test_write_report_grid_of_architectures_and_scratch_only(tmp_path) -> None:
+    trials = make_trials(("tiny", "small"))
+    written = write_report(trials, tmp_path / "grid", metrics=["test_macro_auroc"])
+    assert written["finetune_vs_scratch_test_macro_auroc.png"].stat().st_size > 5_000
+    assert "(small)" in written["summary.md"].read_text()
+
+    scratch_only = trials[trials["init"] == "scratch"]
+    written = write_report(scratch_only, tmp_path / "scratch", metrics=["test_macro_auroc"])
+    assert set(written) == {
+        "finetune_vs_scratch_test_macro_auroc.png",
+        "summary.csv",
+        "summary.md",
+        "paired.csv",
+    }
+    text = written["summary.md"].read_text()
+    assert "no paired comparison" in text and "no freeze-depth figure" in text
+
+
+def test_write_report_rejects_before_writing(tmp_path) -> None:
+    with pytest.raises(DataError, match="no finished trials"):
+        write_report(pd.DataFrame(), tmp_path / "empty")
+    with pytest.raises(DataError, match=r"column\(s\) test_macro_f1, test_weighted_f1;"):
+        write_report(_drop("test_macro_f1", "test_weighted_f1"), tmp_path / "missing")
+    with pytest.raises(ConfigError, match="at least one metric"):
+        write_report(make_trials(), tmp_path / "none", metrics=())
+    assert not any(tmp_path.iterdir())
+
+
+def test_import_pulls_in_neither_torch_nor_ray() -> None:
+    code = (
+        "import sys, analysis.report\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray')\n"
+        "             or m.startswith(('study.training', 'study.sweep')))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,94 @@
+"""Plan expansion: counts computed by hand, stable content ids, no redundant units."""
+
+from __future__ import annotations
+
+import copy
+
+from study.sweep.plan import make_plan
+from study.sweep.spec import parse_spec
+
+BASE = {
+    "name": "p",
+    "architectures": [{"name": "resnet1d18", "options": {"base_width": 8}}, "gru"],
+    "upstream": ["synth_up_a", "synth_up_b"],
+    "downstream": ["synth_down_x", "synth_down_y"],
+    "finetune": {"freeze_depths": [0, "all"], "data_fractions": [0.1, 1.0], "repeats": 3},
+}
+
+
+def test_counts_match_a_hand_computation():
+    plan = make_plan(parse_spec(BASE))
+    # pretrain: 2 architectures x 2 upstream = 4
+    # scratch: 2 arch x 2 downstream x 2 fractions x 3 repeats = 24 (no upstream, no depth)
+    # finetune: resnet: 2 up x 2 down x 2 depths {0, 5} x 2 fr x 3 rep = 48;
+    #           gru: depths {0, 1} -> also 48
+    counts = plan.counts()
+    assert counts["stages"]["pretrain"]["units"] == 4
+    assert counts["stages"]["scratch"]["units"] == 24
+    assert counts["stages"]["finetune"]["units"] == 96
+    assert counts["total"] == 124
+    assert counts["stages"]["finetune"]["axes"]["freeze_depth"] == {0: 48, 1: 24, 5: 24}
+    assert len({u.unit_id for u in plan.units}) == 124
+
+
+def test_scratch_units_do_not_vary_with_upstream_or_depth():
+    plan = make_plan(parse_spec(BASE))
+    scratch = plan.by_stage("scratch")
+    keys = {(u.config["architecture_label"], u.config["downstream"], u.config["data_fraction"],
+             u.config["repeat"]) for u in scratch}
+    assert len(keys) == len(scratch)
+    assert all("upstream" not in u.config and u.config["freeze_depth"] == 0 for u in scratch)
+
+
+def test_paired_arms_share_subset_and_seed():
+    plan = make_plan(parse_spec(BASE))
+    scratch = {(u.config["architecture_label"], u.config["downstream"],
+                u.config["data_fraction"], u.config["repeat"]): u
+               for u in plan.by_stage("scratch")}
+    for u in plan.by_stage("finetune"):
+        twin = scratch[(u.config["architecture_label"], u.config["downstream"],
+                        u.config["data_fraction"], u.config["repeat"])]
+        assert u.config["seed"] == twin.config["seed"]
+        assert u.config["downstream_key"] == twin.config["downstream_key"]
+        assert u.depends_on == u.config["pretrain_unit"]
+
+
+def test_ids_are_stable_and_change_with_any_config_change():
+    a = make_plan(parse_spec(BASE))
+    b = make_plan(parse_spec(copy.deepcopy(BASE)))
+    assert [u.unit_id for u in a.units] == [u.unit_id for u in b.units]
+    changed = copy.deepcopy(BASE)
+    changed["finetune"]["lr"] = 5e-4
+    c = make_plan(parse_spec(changed))
+    ids_a = {u.unit_id for u in a.units if u.stage != "pretrain"}
+    ids_c = {u.unit_id for u in c.units if u.stage != "pretrain"}
+    assert not ids_a & ids_c
+    # ... while the pretraining units, which do not depend on finetune.lr, keep theirs.
+    assert {u.unit_id for u in a.by_stage("pretrain")} == {u.unit_id for u in c.by_stage("pretrain")}
+    pre = copy.deepcopy(BASE)
+    pre["pretrain"] = {"epochs": 3}
+    d = make_plan(parse_spec(pre))
+    # A new pretraining changes every fine-tuning unit that starts from it, not scratch.
+    assert not {u.unit_id for u in a.by_stage("finetune")} & {u.unit_id for u in d.by_stage("finetune")}
+    assert {u.unit_id for u in a.by_stage("scratch")} == {u.unit_id for u in d.by_stage("scratch")}
+
+
+def test_specs_sharing_a_unit_share_its_id():
+    small = copy.deepcopy(BASE)
+    small["finetune"]["repeats"] = 1
+    small["name"] = "other-name"
+    ids_small = {u.unit_id for u in make_plan(parse_spec(small)).units}
+    assert ids_small <= {u.unit_id for u in make_plan(parse_spec(BASE)).units}
+
+
+def test_self_pairs_are_excluded_unless_allowed():
+    spec = copy.deepcopy(BASE)
+    spec["downstream"] = ["synth_up_a", "synth_down_x"]
+    plan = make_plan(parse_spec(spec))
+    assert not [u for u in plan.by_stage("finetune")
+                if u.config["upstream"] == u.config["downstream"]]
+    assert any("synth_up_a as its own upstream" in w for w in plan.excluded)
+    spec["allow_self_pairs"] = True
+    allowed = make_plan(parse_spec(spec))
+    assert [u for u in allowed.by_stage("finetune")
+            if u.config["upstream"] == u.config["downstream"]]

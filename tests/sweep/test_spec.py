@@ -1,0 +1,87 @@
+"""Spec validation: every bad spec fails at load time with a message naming key, rule, value."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from study.errors import ConfigError
+from study.sweep.spec import load_spec, parse_spec, spec_to_yaml
+
+GOOD = {
+    "name": "t",
+    "architectures": [{"name": "resnet1d18", "options": {"base_width": 8}}],
+    "upstream": ["synth_up_a"],
+    "downstream": ["synth_down_x"],
+    "finetune": {"freeze_depths": [0, 5], "data_fractions": [0.5, 1.0], "repeats": 2},
+}
+
+
+def _with(path: str, value):
+    spec = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    node = spec
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+    return spec
+
+
+BAD = [
+    (_with("colour", "red"), ["colour: unknown key", "valid keys: name"]),
+    (_with("finetune.learning_rate", 0.1), ["finetune.learning_rate: unknown key", "lr"]),
+    (_with("finetune.data_fractions", [0.0, 1.0]), ["finetune.data_fractions",
+                                                    "must be in (0, 1], got 0.0"]),
+    (_with("finetune.data_fractions", [1.5]), ["(0, 1], got 1.5"]),
+    (_with("finetune.freeze_depths", [7]), ["freeze_depth must be <= 5 for resnet1d18, got 7"]),
+    (_with("finetune.freeze_depths", [-1]), [">= 0 or 'all', got -1"]),
+    (_with("upstream", ["ptbxl_typo"]), ["upstream", "unknown dataset 'ptbxl_typo'",
+                                         "synth_up_a"]),
+    (_with("architectures", [{"name": "resnet99"}]), ["unknown architecture 'resnet99'",
+                                                     "resnet1d18"]),
+    (_with("architectures", [{"name": "resnet1d18", "options": {"width": 3}}]),
+     ["unknown option", "width", "base_width"]),
+    (_with("finetune.repeats", "ten"), ["finetune.repeats", "integer", "'ten'"]),
+    (_with("finetune.repeats", 0), ["finetune.repeats", "greater than or equal to 1"]),
+    (_with("pretrain.epochs", 0), ["pretrain.epochs", "greater than or equal to 1"]),
+    (_with("name", "has space"), ["name", "pattern"]),
+    ({k: v for k, v in GOOD.items() if k != "downstream"}, ["downstream: required key"]),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_specs_fail_with_a_message_naming_key_rule_and_value(data, expected):
+    with pytest.raises(ConfigError) as exc:
+        parse_spec(data)
+    for fragment in expected:
+        assert fragment in str(exc.value), str(exc.value)
+
+
+def test_good_spec_resolves_defaults_and_round_trips(tmp_path):
+    spec = parse_spec(GOOD)
+    assert spec.finetune.data_fractions == [0.5, 1.0]
+    assert spec.pretrain.num_workers == 2
+    path = tmp_path / "s.yaml"
+    path.write_text(spec_to_yaml(spec))
+    assert load_spec(path) == spec
+    assert load_spec(path).digest() == spec.digest()
+
+
+def test_freeze_depth_all_resolves_per_architecture():
+    spec = parse_spec(_with("finetune.freeze_depths", [0, "all"]))
+    assert spec.freeze_depths_for(spec.architectures[0]) == [0, 5]
+
+
+@pytest.mark.parametrize(("text", "fragment"), [("a: [", "not valid YAML"),
+                                                ("- 1\n- 2", "expected a mapping")])
+def test_malformed_yaml_is_a_config_error(tmp_path, text, fragment):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        load_spec(path)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_spec(tmp_path / "nope.yaml")

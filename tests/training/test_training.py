@@ -1,0 +1,123 @@
+"""The plain training loop and its metrics (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from study.errors import TrainingError
+from study.models import create_model
+from study.training import FitConfig, choose_thresholds, classification_metrics, fit, predict
+from study.training.checkpoint import load_backbone, load_state_bytes, state_to_bytes
+from study.training.metrics import macro_auroc
+
+torch.set_num_threads(1)
+
+
+def test_metrics_against_hand_computed_values():
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    p = np.array([[0.9, 0.2], [0.4, 0.7], [0.6, 0.3], [0.1, 0.8]])
+    # class 0: positives 0.9, 0.6 vs negatives 0.4, 0.1 -> AUROC 1.0
+    # class 1: positives 0.7, 0.3 vs negatives 0.2, 0.8 -> pairs won: (0.7>0.2),(0.3>0.2) = 2/4
+    assert macro_auroc(y, p) == pytest.approx(0.75)
+    m = classification_metrics(y, p)
+    # at 0.5: class 0 pred [1,0,1,0] -> F1 1.0; class 1 pred [0,1,0,1] -> tp1 fp1 fn1 -> 0.5
+    assert m["macro_f1"] == pytest.approx(0.75)
+    # weighted by support (2 and 2) -> same as macro here
+    assert m["weighted_f1"] == pytest.approx(0.75)
+
+
+def test_auroc_skips_classes_without_both_outcomes_and_is_nan_when_none_left():
+    y = np.array([[1, 0], [0, 0], [1, 0]])
+    p = np.array([[0.9, 0.1], [0.2, 0.5], [0.8, 0.3]])
+    assert macro_auroc(y, p) == pytest.approx(1.0)
+    assert np.isnan(macro_auroc(np.zeros((3, 2)), p))
+
+
+def test_thresholds_are_chosen_on_validation_to_maximise_f1():
+    y = np.array([[1], [1], [0], [0]])
+    p = np.array([[0.35], [0.3], [0.2], [0.1]])
+    thr = choose_thresholds(y, p)
+    assert 0.2 < thr[0] <= 0.3
+    assert classification_metrics(y, p, thr)["macro_f1"] == pytest.approx(1.0)
+    assert choose_thresholds(np.zeros((4, 1)), p)[0] == 0.5
+
+
+def _toy(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2, 32)).astype(np.float32)
+    y = np.stack([x[:, 0].mean(1) > 0, x[:, 1].std(1) > 1], axis=1).astype(np.float32)
+    return x, y
+
+
+def _model():
+    return create_model("resnet1d18", in_channels=2, num_classes=2, base_width=4)
+
+
+def test_fit_interrupted_and_resumed_equals_an_uninterrupted_fit():
+    train, val = _toy(64, 0), _toy(32, 1)
+    cfg = FitConfig(epochs=4, batch_size=16, patience=10, seed=3)
+    torch.manual_seed(0)
+    full = fit(_model(), train, val, cfg)
+
+    saved = {}
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(state, record):
+        saved["state"] = load_state_bytes(state_to_bytes(state))
+        if record["epoch"] == 2:
+            raise Crash
+
+    torch.manual_seed(0)
+    with pytest.raises(Crash):
+        fit(_model(), train, val, cfg, on_epoch=crash_after_two)
+    assert saved["state"]["epoch"] == 2
+    torch.manual_seed(0)
+    resumed = fit(_model(), train, val, cfg, resume=saved["state"])
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert resumed.best_epoch == full.best_epoch
+    for a, b in zip(full.history, resumed.history, strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+
+
+def test_early_stopping_selects_best_validation_epoch():
+    train, val = _toy(64, 0), _toy(32, 1)
+    res = fit(_model(), train, val, FitConfig(epochs=30, batch_size=16, patience=2, lr=0.05))
+    losses = [h["val_loss"] for h in res.history]
+    assert res.best_epoch == int(np.argmin(losses)) + 1
+    assert res.epochs_run <= res.best_epoch + 2
+    model = _model()
+    model.load_state_dict(res.best_state)
+    assert predict(model, val[0]).shape == (32, 2)
+
+
+def test_frozen_model_optimises_only_trainable_parameters():
+    model = _model()
+    model.freeze(model.max_freeze_depth)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, _toy(32, 0), _toy(16, 1), FitConfig(epochs=1, batch_size=8))
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("head.") for k in changed), changed
+
+
+def test_nan_loss_is_a_training_error():
+    x, y = _toy(16, 0)
+    x[0, 0, 0] = np.nan
+    with pytest.raises(TrainingError, match="loss is nan"):
+        fit(_model(), (x, y), _toy(8, 1), FitConfig(epochs=1, batch_size=16))
+
+
+def test_load_backbone_checks_keys_and_shapes():
+    src = create_model("resnet1d18", in_channels=12, num_classes=5, base_width=4)
+    dst = create_model("resnet1d18", in_channels=12, num_classes=3, base_width=4)
+    load_backbone(dst, src.state_dict(), dst.classifier_prefixes)
+    assert torch.equal(dst.state_dict()["stem.conv.weight"], src.state_dict()["stem.conv.weight"])
+    one_lead = create_model("resnet1d18", in_channels=1, num_classes=3, base_width=4)
+    with pytest.raises(TrainingError, match="shapes differ"):
+        load_backbone(one_lead, src.state_dict(), one_lead.classifier_prefixes)
+    with pytest.raises(TrainingError, match="missing"):
+        load_backbone(dst, {"x": torch.zeros(1)}, dst.classifier_prefixes)
