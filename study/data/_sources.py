@@ -91,7 +91,7 @@ def _register_builtin() -> None:
                                   np.asarray(d.record_id), tuple(d.classes),
                                   tuple(d.lead_names), float(d.fs))
 
-            return DatasetSource(load=load, version=f"synthetic-{synthetic.GENERATOR_VERSION}",
+            return DatasetSource(load=load, version=f"synthetic-{getattr(synthetic, 'GENERATOR_VERSION', 1)}",
                                  kind="synthetic")
 
         DATASETS.register(factory, name=domain_name)

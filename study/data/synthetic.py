@@ -108,6 +108,8 @@ class SyntheticDomain:
         hr_mean: population mean sinus rate (bpm) of records without a rate condition.
         episodic_keep: probability that an episodic condition of a patient shows in a record.
         max_labels: most conditions one patient may have.
+        label_miss: probability that a finding present in a record goes unlabelled there, as
+            annotators miss findings; it keeps the best possible AUROC below 1.
         seed: seed of the whole domain; equal domains give bit-identical data.
     """
 
@@ -129,6 +131,7 @@ class SyntheticDomain:
     hr_mean: float = 72.0
     episodic_keep: float = 0.75
     max_labels: int = 3
+    label_miss: float = 0.02
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -260,6 +263,7 @@ class _Patient:
     rot: np.ndarray
     t_rot: np.ndarray
     st_normal: np.ndarray  # early-repolarisation ST vector, present in healthy hearts too
+    rprime: float  # amplitude of a normal-variant terminal R' (0 for most people)
     ste_dir: np.ndarray
     pvc_dir: np.ndarray
     electrode_jitter: np.ndarray = field(default_factory=lambda: np.zeros(2))
@@ -293,15 +297,16 @@ def _draw_patient(rng: np.random.Generator, dom: SyntheticDomain) -> _Patient:
         conditions=conditions,
         severity=dict(zip(feats, rng.uniform(0.0, 1.0, len(feats)), strict=True)),
         hr=float(np.clip(rng.normal(dom.hr_mean, 9.0), *_NORMAL_HR)),
-        hrv=float(rng.uniform(0.01, 0.06)),
+        hrv=float(rng.uniform(0.01, 0.07)),
         resp_hz=float(rng.uniform(0.15, 0.35)),
         pr=float(rng.uniform(0.12, 0.20)),
         qtc=float(rng.normal(0.41, 0.015)),
         qrs_width=float(np.exp(rng.normal(0.0, 0.08))),
-        amp=np.exp(rng.normal(0.0, [0.2, 0.22, 0.25])),
+        amp=np.exp(rng.normal(0.0, [0.2, 0.25, 0.25])),
         rot=_rotation(rng, (10.0, 15.0, 20.0)),  # frontal axis spread ~ -30..+90 degrees
         t_rot=_rotation(rng, (8.0, 8.0, 12.0)),
-        st_normal=_unit(0.2, 0.3, 1.0) * rng.uniform(0.0, 0.06),
+        st_normal=_unit(0.2, 0.3, 1.0) * rng.uniform(0.0, 0.08),
+        rprime=float(rng.uniform(0.05, 0.2) if rng.random() < 0.2 else 0.0),
         ste_dir=_STE_TERRITORIES[rng.integers(len(_STE_TERRITORIES))],
         pvc_dir=_unit(*rng.normal(size=3)),
         electrode_jitter=rng.normal(0.0, [6.0, 0.05]),
@@ -318,8 +323,14 @@ def _record_features(rng: np.random.Generator, pat: _Patient, keep: float) -> fr
     return frozenset(feats)
 
 
-def _labels(feats: frozenset[str], classes: tuple[str, ...]) -> np.ndarray:
-    pos = {c: any(a <= feats for a in CLASS_DEFINITIONS[c]) for c in classes if c != _NORM}
+def _labels(
+    rng: np.random.Generator, feats: frozenset[str], classes: tuple[str, ...], miss: float
+) -> np.ndarray:
+    pos = {
+        c: any(a <= feats for a in CLASS_DEFINITIONS[c]) and rng.random() >= miss
+        for c in classes
+        if c != _NORM
+    }
     return np.array(
         [not any(pos.values()) if c == _NORM else pos[c] for c in classes], dtype=np.uint8
     )
@@ -349,7 +360,7 @@ def _beat_times(
     rr_mean = 60.0 / hr
     n = int((seconds + 2.5) / (0.5 * rr_mean)) + 2
     if "af" in feats:
-        cv = 0.12 + 0.22 * sev["af"]  # sinus arrhythmia stays below ~0.06
+        cv = 0.08 + 0.25 * sev["af"]  # sinus arrhythmia reaches ~0.06
         rr = np.maximum(rr_mean * np.exp(cv * rng.standard_normal(n) - cv**2 / 2), 0.27)
     else:
         k = np.arange(n)
@@ -388,7 +399,7 @@ def _sinus_waves(
     qt_extra = 0.0
     if "lbbb" in feats:
         s = sev["lbbb"]
-        ww = w * (1.5 + 0.6 * s)  # QRS ~120-170 ms, no septal q, notched broad R
+        ww = w * (1.35 + 0.7 * s)  # QRS ~110-170 ms, no septal q, notched broad R
         qt_extra = 0.03 + 0.03 * s
         waves += [
             (-0.022 * ww, 0.0, 0.014 * ww, 0.75 * a_qrs * _LBBB_EARLY, False),
@@ -401,10 +412,10 @@ def _sinus_waves(
         r_main, main_amp = _R_MAIN, 0.95
         if "lvh" in feats:
             s = sev["lvh"]
-            r_main, main_amp, w = _LVH_MAIN, 0.95 * (1.35 + 0.8 * s), w * (1.05 + 0.1 * s)
+            r_main, main_amp, w = _LVH_MAIN, 0.95 * (1.1 + 0.9 * s), w * (1.05 + 0.1 * s)
         s_w = 1.0
         if "rbbb" in feats:
-            s_w = 1.6 + 0.6 * sev["rbbb"]  # slurred S in I and V6
+            s_w = 1.3 + 0.9 * sev["rbbb"]  # slurred S in I and V6
         waves += [
             (-0.026 * w, 0.0, 0.010 * w, 0.12 * a_qrs * _SEPTAL, False),
             (-0.008 * w, 0.0, 0.011 * w, 0.55 * a_qrs * _R_EARLY, False),
@@ -415,15 +426,17 @@ def _sinus_waves(
         if "rbbb" in feats:
             s = sev["rbbb"]
             waves.append(
-                ((0.05 + 0.025 * s) * w, 0.0, (0.018 + 0.01 * s) * w,
-                 (0.25 + 0.6 * s) * a_qrs * _RBBB_TERMINAL, False)
+                ((0.045 + 0.03 * s) * w, 0.0, (0.015 + 0.012 * s) * w,
+                 (0.15 + 0.65 * s) * a_qrs * _RBBB_TERMINAL, False)
             )  # fmt: skip
             qt_extra = 0.02 + 0.03 * s
             t_dir = _unit(*(t_dir - 0.5 * _RBBB_TERMINAL))  # secondary T inversion in V1-V3
+        elif pat.rprime > 0:  # the normal rSr' of V1 that mild RBBB must be told from
+            waves.append((0.042 * w, 0.0, 0.012 * w, pat.rprime * a_qrs * _RBBB_TERMINAL, False))
     if "ste" in feats:
-        st = st + pat.ste_dir * (0.07 + 0.3 * sev["ste"])
+        st = st + pat.ste_dir * (0.04 + 0.3 * sev["ste"])
     if "std" in feats:
-        st = st + _STD_DIR * (0.05 + 0.2 * sev["std"])
+        st = st + _STD_DIR * (0.03 + 0.2 * sev["std"])
     t_vec = t_amp * a_t * (pat.t_rot @ t_dir) + 0.6 * st  # injury also reshapes T
     waves += [
         (0.07 * w + qt_extra, 0.0, 0.03, st / 1.3, False),  # two Gaussians make a plateau
@@ -468,7 +481,7 @@ def _noise(rng: np.random.Generator, dom: SyntheticDomain, t: np.ndarray) -> np.
     """Electrode noise (9, n): white, bursty EMG and baseline wander."""
     n = len(t)
     # Electrode noise reaches a lead from two electrodes, hence the 1/sqrt(2).
-    white = dom.noise_std / sqrt(2) * np.exp(rng.normal(0, 0.35)) * rng.uniform(0.5, 1.5, (9, 1))
+    white = dom.noise_std / sqrt(2) * np.exp(rng.normal(0, 0.5)) * rng.uniform(0.5, 1.5, (9, 1))
     out = white * rng.standard_normal((9, n))
     if dom.emg_std > 0:
         hp = np.diff(rng.standard_normal((9, n + 1)), axis=1) / sqrt(2)  # high-pass white noise
@@ -517,7 +530,7 @@ def _render(
     d = d * (s / s_eff)[:, None]
     vcg = d.T @ np.exp(-0.5 * ((t[None, :] - c[:, None]) / s_eff[:, None]) ** 2)
     if "af" in feats:
-        vcg += np.outer(rot @ _AF_DIR, _f_waves(rng, t, fs, 0.02 + 0.1 * sev["af"]))
+        vcg += np.outer(rot @ _AF_DIR, _f_waves(rng, t, fs, 0.01 + 0.1 * sev["af"]))
 
     electrodes = _electrodes(rng, pat) @ vcg + _noise(rng, dom, t)
     leads = _LEADS_FROM_ELECTRODES @ electrodes
@@ -565,7 +578,7 @@ def generate(domain: SyntheticDomain | str) -> SyntheticData:
                 + rng.normal(0, domain.gain_spread / 2, domain.n_leads)
             )
             signals.append((x[lead_idx] * (gain * g)[:, None]).astype(np.float32))
-            labels.append(_labels(feats, domain.classes))
+            labels.append(_labels(rng, feats, domain.classes, domain.label_miss))
             pids.append(p)
             rids.append(f"{domain.name}-p{p:05d}-r{k}")
             rates.append(hr)

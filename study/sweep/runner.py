@@ -197,15 +197,9 @@ def _tune_trial(config: dict, units: dict, store_uri: str, env: dict, threads: f
 def _run_tune_chunk(units: list[Unit], store: Store, spec: Spec, env: dict, bar) -> None:
     from ray import tune
 
+    from study.sweep._progress import Progress
+
     f = spec.finetune
-
-    class _Progress(tune.Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            bar.update(1)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            bar.update(1)
-            bar.set_postfix_str(f"failed: {trial.config['unit_id']}")
 
     trainable = tune.with_resources(
         tune.with_parameters(_tune_trial, units={u.unit_id: u for u in units},
@@ -221,7 +215,7 @@ def _run_tune_chunk(units: list[Unit], store: Store, spec: Spec, env: dict, bar)
             name=f"finetune-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
             storage_path=store.path("_ray", "tune"), storage_filesystem=store.fs,
             failure_config=tune.FailureConfig(max_failures=spec.execution.max_failures),
-            callbacks=[_Progress()], verbose=0,
+            callbacks=[Progress(bar)], verbose=0,
         ),
     )
     tuner.fit()

@@ -67,7 +67,7 @@ class PretrainSpec(_Strict):
     patience: int = Field(5, ge=1)
     num_workers: int = Field(2, ge=1)  # DDP workers; one GPU each when use_gpu
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
     max_concurrent: int = Field(1, ge=1)  # pretraining runs at once (a cluster can hold more)
 
 
@@ -83,8 +83,8 @@ class FinetuneSpec(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(5, ge=1)
-    cpus_per_trial: float = Field(1, gt=0)
-    gpus_per_trial: float = Field(0, ge=0)  # fractional GPUs share one card between trials
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)  # fractional GPUs share one card between trials
     max_concurrent: int | None = Field(None, ge=1)
 
     @field_validator("data_fractions")
@@ -115,7 +115,7 @@ class ExecutionSpec(_Strict):
 
     tune_chunk_size: int = Field(500, ge=1)  # trials per Tune experiment (driver memory)
     max_failures: int = Field(1, ge=0)  # retries of a failing unit within one run
-    worker_start_timeout_s: float = Field(600, gt=0)  # give up placing DDP workers after this
+    worker_start_timeout_s: float = Field(600.0, gt=0)  # give up placing DDP workers after this
 
 
 class Spec(_Strict):

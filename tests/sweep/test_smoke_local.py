@@ -1,0 +1,42 @@
+"""A whole tiny study through real Ray: TorchTrainer pretraining (2 DDP workers over gloo),
+Tune fine-tuning, one result row per planned unit, and a report from the store alone."""
+
+from __future__ import annotations
+
+from analysis import report_study
+from study.store import Store
+from study.sweep.runner import run_study, study_status
+from tests.sweep._smoke import assert_complete, part_schema_ok, smoke_spec, trials
+
+
+def test_smoke_study_end_to_end_then_rerun_does_nothing(ray_local, tmp_path, cache_dir):
+    spec = smoke_spec()
+    outcome = run_study(spec, str(tmp_path / "studies"))
+    assert outcome.complete, outcome.failed
+    store = Store(str(tmp_path / "studies" / "smoke"))
+    df = assert_complete(store, spec)
+    assert len(df) == 6  # 2 fractions x (1 scratch + 2 freeze depths)
+    assert all(part_schema_ok(store, uid) for uid in df.unit_id)
+    epochs = store.read_dataset("results/epochs").to_pandas()
+    assert set(df.unit_id) <= set(epochs.unit_id)
+    # the paired arms trained on the same subset
+    for frac, group in df.groupby("data_fraction"):
+        assert group.n_train.nunique() == 1, (frac, group.n_train)
+    # checkpoints of finished units are gone; pretrained weights and their config remain
+    assert not store.list_names("checkpoints")
+    pt = df[df.init == "pretrained"].pretrain_unit.iloc[0]
+    assert store.exists(f"pretrained/{pt}/model.pt")
+    assert store.read_json(f"pretrained/{pt}/model.json")["model"]["name"] == "resnet1d18"
+
+    status = study_status(store.uri)
+    assert status.loc["total", "done"] == 7 and status.loc["total", "pending"] == 0
+
+    before = trials(store).set_index("unit_id").finished_at
+    again = run_study(spec, str(tmp_path / "studies"))
+    assert again.complete
+    after = trials(store).set_index("unit_id").finished_at
+    assert before.equals(after)  # nothing was re-run
+
+    paths = report_study(store.uri, tmp_path / "report")
+    assert (tmp_path / "report" / "summary.md").stat().st_size > 0
+    assert any(str(p).endswith(".png") for p in paths.values())
