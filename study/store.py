@@ -111,8 +111,9 @@ class Store:
         final = self.path(rel)
         parent = final.rsplit("/", 1)[0]
         try:
-            self.fs.create_dir(parent, recursive=True)
             if self.is_local:
+                # (S3 has no directories: creating one would only leave a marker object.)
+                self.fs.create_dir(parent, recursive=True)
                 tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
                 with self.fs.open_output_stream(tmp) as f:
                     f.write(data)
