@@ -23,7 +23,7 @@ separately. ``NORM`` is positive exactly when no other class of the domain is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from math import sqrt
 
 import numpy as np
@@ -96,10 +96,11 @@ class SyntheticDomain:
         fs: sampling rate in Hz.
         seconds: record length in seconds.
         lead_names: leads to output, a subset of `LEAD_NAMES` in any order.
-        lead_gain: per-lead channel gain of the recorder (aligned with `lead_names`); None
-            for unit gain.
-        gain_spread: log-normal sigma of the per-record gain (half of it again per lead),
-            from skin contact and amplifier tolerance.
+        lead_gain: per-lead gain of the output (aligned with `lead_names`), the calibration
+            profile of a recorder or its export; None for unit gain. One value for all six
+            limb leads keeps Einthoven's law exact.
+        gain_spread: log-normal sigma of the per-record gain (half of it again per acquired
+            channel), from skin contact and amplifier tolerance.
         noise_std: approximate per-lead standard deviation of white noise, mV.
         baseline_wander: peak amplitude of the low-frequency (0.05-0.5 Hz) wander, mV.
         emg_std: standard deviation of bursty high-frequency muscle noise, mV.
@@ -150,15 +151,26 @@ class SyntheticDomain:
             )
         for c, p in self.prevalence:
             if not 0.0 <= p <= 1.0:
-                raise ConfigError(f"domain {self.name!r}: prevalence of {c} must be in [0, 1]")
+                raise ConfigError(
+                    f"domain {self.name!r}: prevalence of {c} must be in [0, 1], got {p!r}"
+                )
         lo, hi = self.records_per_patient
         if not 1 <= lo <= hi:
             raise ConfigError(
                 f"domain {self.name!r}: records_per_patient must satisfy 1 <= min <= max, "
                 f"got {self.records_per_patient}"
             )
-        if self.n_patients < 1 or self.fs <= 0 or self.seconds <= 0:
-            raise ConfigError(f"domain {self.name!r}: n_patients, fs and seconds must be > 0")
+        noise_keys = ("gain_spread", "noise_std", "baseline_wander", "emg_std", "powerline_amp")
+        for rule, keys, ok in (
+            ("> 0", ("n_patients", "fs", "seconds", "max_labels"), lambda v: v > 0),
+            (">= 0", noise_keys, lambda v: v >= 0),
+            ("in [0, 1]", ("episodic_keep", "label_miss"), lambda v: 0 <= v <= 1),
+        ):
+            for key in keys:
+                if not ok(getattr(self, key)):
+                    raise ConfigError(
+                        f"domain {self.name!r}: {key} must be {rule}, got {getattr(self, key)!r}"
+                    )
         bad = [n for n in self.lead_names if n not in LEAD_NAMES]
         if bad or not self.lead_names:
             raise ConfigError(f"domain {self.name!r}: lead_names must be from {LEAD_NAMES}")
@@ -187,7 +199,7 @@ class SyntheticData:
         labels: uint8 multi-hot (N, n_classes), columns in the order of `classes`.
         patient_id: int64 (N,); all records of one patient share it.
         record_id: str (N,), ``f"{domain}-p{patient:05d}-r{k}"``.
-        heart_rate: float32 (N,), the mean ventricular rate rendered, bpm.
+        heart_rate: float32 (N,), the mean ventricular rate of the beats in the record, bpm.
         classes: label names.
         lead_names: lead names, in the order of the signal rows.
         fs: sampling rate in Hz.
@@ -217,7 +229,7 @@ def _unit(*v: float) -> np.ndarray:
 _P_RA, _P_LA = _unit(0.25, 0.85, 0.45), _unit(0.85, 0.35, -0.4)  # right then left atrium
 _SEPTAL = _unit(-0.6, 0.15, 0.78)  # initial septal force: rightward, anterior (q in I/V6, r V1)
 _R_EARLY = _unit(0.62, 0.6, 0.5)
-_R_MAIN = _unit(0.55, 0.6, -0.6)  # left-ventricular free wall: left, inferior, posterior
+_R_MAIN = _unit(0.65, 0.6, -0.45)  # left-ventricular free wall: left, inferior, posterior
 _S_LATE = _unit(-0.45, -0.45, -0.77)  # basal terminal forces
 _T_DIR = _unit(0.55, 0.65, 0.4)  # concordant with the QRS, so T is upright where R is
 _LBBB_EARLY, _LBBB_LATE = _unit(0.8, 0.2, -0.3), _unit(0.7, 0.3, -0.65)
@@ -237,7 +249,7 @@ _LIMB_ELECTRODES = np.array(
 )
 _PRECORDIAL_DEG = np.array([115.0, 94.0, 75.0, 58.0, 30.0, 0.0])  # 0 = left, 90 = anterior
 _PRECORDIAL_Y = np.array([0.0, 0.0, 0.1, 0.2, 0.2, 0.2])
-_PRECORDIAL_GAIN = np.array([1.0, 1.5, 1.6, 1.5, 1.25, 1.0])  # nearer the heart, larger
+_PRECORDIAL_GAIN = np.array([1.2, 1.8, 1.9, 1.9, 1.75, 1.35])  # nearer the heart, larger
 # Leads from the nine electrodes RA, LA, LL, C1..C6 (the instrument's own arithmetic).
 _LEADS_FROM_ELECTRODES = np.zeros((12, 9))
 _LEADS_FROM_ELECTRODES[:6, :3] = [
@@ -266,7 +278,7 @@ class _Patient:
     rprime: float  # amplitude of a normal-variant terminal R' (0 for most people)
     ste_dir: np.ndarray
     pvc_dir: np.ndarray
-    electrode_jitter: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    electrode_jitter: np.ndarray  # precordial angle (deg) and height offsets
 
 
 def _rotation(rng: np.random.Generator, deg: tuple[float, float, float]) -> np.ndarray:
@@ -303,7 +315,7 @@ def _draw_patient(rng: np.random.Generator, dom: SyntheticDomain) -> _Patient:
         qtc=float(rng.normal(0.41, 0.015)),
         qrs_width=float(np.exp(rng.normal(0.0, 0.08))),
         amp=np.exp(rng.normal(0.0, [0.2, 0.25, 0.25])),
-        rot=_rotation(rng, (10.0, 15.0, 20.0)),  # frontal axis spread ~ -30..+90 degrees
+        rot=_rotation(rng, (10.0, 15.0, 25.0)),  # frontal axis spread ~ -30..+90 degrees
         t_rot=_rotation(rng, (8.0, 8.0, 12.0)),
         st_normal=_unit(0.2, 0.3, 1.0) * rng.uniform(0.0, 0.08),
         rprime=float(rng.uniform(0.05, 0.2) if rng.random() < 0.2 else 0.0),
@@ -316,9 +328,7 @@ def _draw_patient(rng: np.random.Generator, dom: SyntheticDomain) -> _Patient:
 def _record_features(rng: np.random.Generator, pat: _Patient, keep: float) -> frozenset[str]:
     feats: set[str] = set()
     for alt in pat.conditions:
-        # One draw per condition whatever its kind, so the stream of draws stays aligned.
-        shown = rng.random() < keep
-        if shown or not alt <= _EPISODIC:
+        if not alt <= _EPISODIC or rng.random() < keep:
             feats |= alt
     return frozenset(feats)
 
@@ -367,8 +377,14 @@ def _beat_times(
         phase = 2 * np.pi * pat.resp_hz * rr_mean * k + rng.uniform(0, 2 * np.pi)
         rr = rr_mean * (1 + pat.hrv * np.sin(phase) + 0.01 * rng.standard_normal(n))
     times = -1.0 - rng.uniform(0.0, rr_mean) + np.concatenate([[0.0], np.cumsum(rr[:-1])])
-    keep = times < seconds + 0.6
-    times = times[keep]
+    if "af" in feats:
+        # A few seconds of AF wander far from their mean rate; pin the visible mean RR to the
+        # drawn rate so that rate labels (TACHY, AF_RVR) say what the strip shows.
+        vis = np.flatnonzero((times >= 0) & (times < seconds))
+        if len(vis) > 1:
+            t0 = times[vis[0]]
+            times = t0 + (times - t0) * rr_mean / np.mean(np.diff(times[vis]))
+    times = times[times < seconds + 0.6]
     is_pvc = np.zeros(len(times), dtype=bool)
     if "pvc" in feats:
         cand = np.flatnonzero((times > 0.2) & (times < seconds - 0.2))
@@ -478,7 +494,7 @@ def _electrodes(rng: np.random.Generator, pat: _Patient) -> np.ndarray:
 
 
 def _noise(rng: np.random.Generator, dom: SyntheticDomain, t: np.ndarray) -> np.ndarray:
-    """Electrode noise (9, n): white, bursty EMG and baseline wander."""
+    """Electrode noise (9, n): white, bursty EMG, mains and baseline wander."""
     n = len(t)
     # Electrode noise reaches a lead from two electrodes, hence the 1/sqrt(2).
     white = dom.noise_std / sqrt(2) * np.exp(rng.normal(0, 0.5)) * rng.uniform(0.5, 1.5, (9, 1))
@@ -489,11 +505,31 @@ def _noise(rng: np.random.Generator, dom: SyntheticDomain, t: np.ndarray) -> np.
         env = (0.5 + 0.5 * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi, (9, 1)))) ** 2
         limb = np.r_[np.full(3, 1.5), np.ones(6)][:, None]  # arm muscles tremble the most
         out += dom.emg_std * np.exp(rng.normal(0, 0.6)) * limb * (0.3 + 0.7 * env) * hp
+    if dom.powerline_amp > 0:
+        # Mains couples into each electrode a little differently; the common part cancels.
+        amp = dom.powerline_amp * rng.uniform(0.0, 0.7, (9, 1))
+        ph = rng.uniform(0, 2 * np.pi) + rng.normal(0, 0.5, (9, 1))
+        out += amp * np.sin(2 * np.pi * dom.powerline_hz * t + ph)
     if dom.baseline_wander > 0:
         f = rng.uniform(0.05, 0.5, (9, 2, 1))
         a = dom.baseline_wander * rng.uniform(0, 1, (9, 2, 1)) * rng.uniform(0.2, 1.0)
         ph = rng.uniform(0, 2 * np.pi, (9, 2, 1))
         out += (a * np.sin(2 * np.pi * f * t + ph)).sum(axis=1)
+    return out
+
+
+def _acquire(rng: np.random.Generator, leads: np.ndarray, spread: float) -> np.ndarray:
+    """Apply per-record channel gain errors the way a 12-lead recorder meets them.
+
+    A recorder amplifies I, II and V1-V6 and computes III, aVR, aVL and aVF from I and II,
+    so Einthoven's law survives its gain errors.
+    """
+    acquired = [0, 1, *range(6, 12)]
+    g = np.exp(rng.normal(0, spread) + rng.normal(0, spread / 2, len(acquired)))
+    out = leads.copy()
+    out[acquired] *= g[:, None]
+    i, ii = out[0], out[1]
+    out[2], out[3], out[4], out[5] = ii - i, -(i + ii) / 2, i - ii / 2, ii - i / 2
     return out
 
 
@@ -533,12 +569,9 @@ def _render(
         vcg += np.outer(rot @ _AF_DIR, _f_waves(rng, t, fs, 0.01 + 0.1 * sev["af"]))
 
     electrodes = _electrodes(rng, pat) @ vcg + _noise(rng, dom, t)
-    leads = _LEADS_FROM_ELECTRODES @ electrodes
-    if dom.powerline_amp > 0:
-        ph = rng.uniform(0, 2 * np.pi) + rng.normal(0, 0.3, (12, 1))
-        amp = dom.powerline_amp * rng.uniform(0.2, 1.0, (12, 1))
-        leads += amp * np.sin(2 * np.pi * dom.powerline_hz * t + ph)
-    mean_hr = 60.0 / float(np.mean(np.diff(beat_t))) if len(beat_t) > 1 else hr
+    leads = _acquire(rng, _LEADS_FROM_ELECTRODES @ electrodes, dom.gain_spread)
+    vis = beat_t[(beat_t >= 0) & (beat_t < dom.seconds)]
+    mean_hr = 60.0 / float(np.mean(np.diff(vis))) if len(vis) > 1 else hr
     return leads, mean_hr
 
 
@@ -573,11 +606,7 @@ def generate(domain: SyntheticDomain | str) -> SyntheticData:
         for k in range(int(rng.integers(lo, hi + 1))):
             feats = _record_features(rng, pat, domain.episodic_keep)
             x, hr = _render(rng, domain, pat, feats)
-            g = np.exp(
-                rng.normal(0, domain.gain_spread)
-                + rng.normal(0, domain.gain_spread / 2, domain.n_leads)
-            )
-            signals.append((x[lead_idx] * (gain * g)[:, None]).astype(np.float32))
+            signals.append((x[lead_idx] * gain[:, None]).astype(np.float32))
             labels.append(_labels(rng, feats, domain.classes, domain.label_miss))
             pids.append(p)
             rids.append(f"{domain.name}-p{p:05d}-r{k}")
@@ -599,7 +628,6 @@ def _domains(*domains: SyntheticDomain) -> dict[str, SyntheticDomain]:
     return {d.name: d for d in domains}
 
 
-_LIMB, _CHEST = 6, 6
 DOMAINS: dict[str, SyntheticDomain] = _domains(
     # Upstream: large, diagnostic-statement style (PTB-XL-like): morphology classes.
     SyntheticDomain(
@@ -633,7 +661,7 @@ DOMAINS: dict[str, SyntheticDomain] = _domains(
         ),  # fmt: skip
         n_patients=1000,
         records_per_patient=(1, 2),
-        lead_gain=(1.05,) * _LIMB + (0.95,) * _CHEST,
+        lead_gain=(1.05,) * 6 + (0.95,) * 6,
         noise_std=0.025,
         baseline_wander=0.15,
         emg_std=0.015,
@@ -669,7 +697,7 @@ DOMAINS: dict[str, SyntheticDomain] = _domains(
         prevalence=(("AF_RVR", 0.2), ("BBB", 0.2), ("STTC", 0.22)),
         n_patients=150,
         records_per_patient=(2, 3),
-        lead_gain=(0.75, 0.8, 0.8, 0.75, 0.75, 0.8, 1.25, 1.3, 1.3, 1.2, 1.15, 1.1),
+        lead_gain=(0.8,) * 6 + (1.25, 1.3, 1.3, 1.2, 1.15, 1.1),
         gain_spread=0.2,
         noise_std=0.04,
         baseline_wander=0.3,
@@ -687,7 +715,7 @@ DOMAINS: dict[str, SyntheticDomain] = _domains(
         prevalence=(("LVH_STRAIN", 0.2), ("IAVB", 0.18), ("BRADY", 0.16), ("ECTOPY", 0.16)),
         n_patients=180,
         records_per_patient=(1, 4),
-        lead_gain=(1.1, 1.1, 1.05, 1.1, 1.1, 1.05, 0.8, 0.8, 0.85, 0.85, 0.9, 0.9),
+        lead_gain=(1.1,) * 6 + (0.8, 0.8, 0.85, 0.85, 0.9, 0.9),
         gain_spread=0.15,
         noise_std=0.03,
         baseline_wander=0.25,

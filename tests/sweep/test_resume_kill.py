@@ -19,31 +19,35 @@ FINETUNE = {"data_fractions": [0.5, 1.0], "repeats": 3, "epochs": 3}
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A Ray cluster on loopback that outlives the drivers the test starts and kills."""
-    from ray.cluster_utils import Cluster
+def ray_address():
+    """A Ray head on loopback that outlives the drivers the test starts and kills."""
+    from tests.conftest import free_port
 
-    c = Cluster(initialize_head=True,
-                head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1",
-                                "include_dashboard": False})
+    port = free_port()
+    # A loopback-only test cluster: its drivers connect without the token handshake.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1",
+                    "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
     try:
-        yield c
+        yield f"127.0.0.1:{port}"
     finally:
-        c.shutdown()
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
 
 
 def _study_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "study.cli", *args]
 
 
-def test_sigkill_driver_then_resume(cluster, tmp_path, cache_dir):
+def test_sigkill_driver_then_resume(ray_address, tmp_path, cache_dir):
     spec_path = tmp_path / "smoke.yaml"
     data = {**SMOKE, "finetune": {**SMOKE["finetune"], **FINETUNE}}
     spec_path.write_text(yaml.safe_dump(data))
     spec = smoke_spec(**FINETUNE)
     storage = tmp_path / "studies"
     store = Store(str(storage / "smoke"))
-    env = {**os.environ, "RAY_ADDRESS": cluster.address, "ECG_STUDY_CACHE": str(cache_dir)}
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "ECG_STUDY_CACHE": str(cache_dir)}
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(_study_cmd("run", str(spec_path), "--storage", str(storage),
                                          "--no-report"), env=env, stdout=log, stderr=log)
