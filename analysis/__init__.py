@@ -7,8 +7,14 @@ from pathlib import Path
 from analysis.load import load_epochs, load_trials
 from analysis.report import paired_differences, summarize, write_report
 
-__all__ = ["load_trials", "load_epochs", "summarize", "paired_differences", "write_report",
-           "report_study"]
+__all__ = [
+    "load_trials",
+    "load_epochs",
+    "summarize",
+    "paired_differences",
+    "write_report",
+    "report_study",
+]
 
 
 def report_study(uri: str, out_dir: str | Path) -> dict[str, Path]:

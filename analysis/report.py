@@ -513,7 +513,7 @@ def _plot_finetune_vs_scratch(summary: pd.DataFrame, metric: str, path: Path) ->
             fontsize="small",
         )
     figure.suptitle(f"Fine-tuned vs. from scratch: test {_label(metric)}")
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")  # keep the outside legend
 
 
 def _plot_freeze_depth(summary: pd.DataFrame, metric: str, path: Path) -> None:
@@ -583,7 +583,7 @@ def _plot_freeze_depth(summary: pd.DataFrame, metric: str, path: Path) -> None:
         fontsize="small",
     )
     figure.suptitle(f"Freeze depth: test {_label(metric)}, scratch as dotted reference")
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")  # keep the outside legend
 
 
 def _colours(n: int, name: str) -> list[tuple[float, float, float, float]]:

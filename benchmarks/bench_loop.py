@@ -61,8 +61,9 @@ def main() -> None:
 
     def new_model():
         torch.manual_seed(0)
-        return create_model(args.model, in_channels=12, num_classes=5,
-                            input_length=args.length, **opts)
+        return create_model(
+            args.model, in_channels=12, num_classes=5, input_length=args.length, **opts
+        )
 
     bare_loop(new_model(), x[:256], y[:256], 1, args.batch_size, args.device)  # warm-up
     t0 = time.perf_counter()
@@ -70,19 +71,29 @@ def main() -> None:
     bare = time.perf_counter() - t0
 
     sink = []
-    cfg = FitConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.epochs + 1,
-                    device=args.device)
+    cfg = FitConfig(
+        epochs=args.epochs, batch_size=args.batch_size, patience=args.epochs + 1, device=args.device
+    )
     t0 = time.perf_counter()
-    fit(new_model(), (x, y), (xv, yv), cfg,
-        on_epoch=lambda state, rec: sink.append(len(state_to_bytes(state))))
+    fit(
+        new_model(),
+        (x, y),
+        (xv, yv),
+        cfg,
+        on_epoch=lambda state, rec: sink.append(len(state_to_bytes(state))),
+    )
     ours = time.perf_counter() - t0
 
     n = args.n * args.epochs
-    print(f"model {args.model} (base_width {args.base_width}), {args.n} x 12 x {args.length}, "
-          f"{args.epochs} epochs, batch {args.batch_size}, {args.threads} thread(s), {args.device}")
+    print(
+        f"model {args.model} (base_width {args.base_width}), {args.n} x 12 x {args.length}, "
+        f"{args.epochs} epochs, batch {args.batch_size}, {args.threads} thread(s), {args.device}"
+    )
     print(f"bare PyTorch loop : {n / bare:9.1f} samples/s ({bare:.2f} s)")
-    print(f"study fit loop    : {n / ours:9.1f} samples/s ({ours:.2f} s, incl. validation of "
-          f"{args.val} records/epoch and a {sink[-1] / 1e6:.1f} MB checkpoint/epoch)")
+    print(
+        f"study fit loop    : {n / ours:9.1f} samples/s ({ours:.2f} s, incl. validation of "
+        f"{args.val} records/epoch and a {sink[-1] / 1e6:.1f} MB checkpoint/epoch)"
+    )
     print(f"ratio ours/bare   : {bare / ours:.3f} (1.0 = no overhead)")
 
 

@@ -39,8 +39,11 @@ def _finish(outcome, report_dir: Path | None) -> int:
     uri = outcome.store.uri
     print(f"results: {uri}/results/trials ({outcome.done}/{outcome.planned} units done)")
     if outcome.failed:
-        print(f"{len(outcome.failed)} units not done; `study status {uri}` lists failures, "
-              f"`study resume {uri}` runs them again", file=sys.stderr)
+        print(
+            f"{len(outcome.failed)} units not done; `study status {uri}` lists failures, "
+            f"`study resume {uri}` runs them again",
+            file=sys.stderr,
+        )
     if report_dir is not None and outcome.done:
         from analysis import report_study
 
@@ -102,16 +105,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_plan)
 
     def run_opts(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--address", default=None,
-                       help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-        s.add_argument("--report", default=None,
-                       help="where to write the report (default: STUDY/report for a local store)")
+        s.add_argument(
+            "--address",
+            default=None,
+            help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)",
+        )
+        s.add_argument(
+            "--report",
+            default=None,
+            help="where to write the report (default: STUDY/report for a local store)",
+        )
         s.add_argument("--no-report", action="store_true", help="do not write a report at the end")
 
     s = sub.add_parser("run", help="run a study (units already in the store are not re-run)")
     s.add_argument("spec")
-    s.add_argument("--storage", default=os.environ.get("STUDY_STORAGE", DEFAULT_STORAGE),
-                   help="local path or s3://bucket/prefix (default ./studies)")
+    s.add_argument(
+        "--storage",
+        default=os.environ.get("STUDY_STORAGE", DEFAULT_STORAGE),
+        help="local path or s3://bucket/prefix (default ./studies)",
+    )
     s.add_argument("--name", default=None, help="study name under the storage (default: spec's)")
     run_opts(s)
     s.set_defaults(fn=_cmd_run)
@@ -141,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the store keeps every finished unit; `study resume STUDY` finishes "
-              "the rest", file=sys.stderr)
+        print(
+            "interrupted: the store keeps every finished unit; `study resume STUDY` finishes "
+            "the rest",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -1,22 +1,31 @@
 """The store's layout and the Parquet schemas of its result tables (a documented contract).
 
-    <study>/spec.yaml                       the resolved spec
-    <study>/plan.parquet                    every planned unit with its axes and config
-    <study>/prepared/<key>/                 prepared datasets (see study.data.prepared)
-    <study>/results/trials/<unit_id>.parquet    one row per finished fine-tune/scratch unit
-    <study>/results/epochs/<unit_id>.parquet    one row per epoch of that unit
-    <study>/results/pretrain/<unit_id>.parquet  one row per finished pretraining unit
-    <study>/pretrained/<unit_id>/model.pt   pretrained weights; model.json: their config
-    <study>/checkpoints/<unit_id>/last.pt   the last epoch of an unfinished unit
-    <study>/runs/<unit_id>.json             running / failed marker with host and error
+<study>/spec.yaml                       the resolved spec
+<study>/plan.parquet                    every planned unit with its axes and config
+<study>/prepared/<key>/                 prepared datasets (see study.data.prepared)
+<study>/results/trials/<unit_id>.parquet    one row per finished fine-tune/scratch unit
+<study>/results/epochs/<unit_id>.parquet    one row per epoch of that unit
+<study>/results/pretrain/<unit_id>.parquet  one row per finished pretraining unit
+<study>/pretrained/<unit_id>/model.pt   pretrained weights; model.json: their config
+<study>/checkpoints/<unit_id>/last.pt   the last epoch of an unfinished unit
+<study>/runs/<unit_id>.json             running / failed marker with host and error
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["TRIALS_SCHEMA", "EPOCHS_SCHEMA", "PRETRAIN_SCHEMA", "trial_path", "epochs_path",
-           "pretrain_path", "checkpoint_path", "weights_path", "run_marker_path"]
+__all__ = [
+    "TRIALS_SCHEMA",
+    "EPOCHS_SCHEMA",
+    "PRETRAIN_SCHEMA",
+    "trial_path",
+    "epochs_path",
+    "pretrain_path",
+    "checkpoint_path",
+    "weights_path",
+    "run_marker_path",
+]
 
 TRIALS_SCHEMA = pa.schema(
     [

@@ -164,8 +164,12 @@ class Store:
     def download_dir(self, rel_dir: str, dest: Path) -> None:
         """Copy a directory of the store to a local folder (for data read by memory-map)."""
         dest.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(self.path(rel_dir), str(dest), source_filesystem=self.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            self.path(rel_dir),
+            str(dest),
+            source_filesystem=self.fs,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
 
     def upload_dir(self, src: Path, rel_dir: str) -> None:
         """Copy a local folder into the store, each file written atomically."""

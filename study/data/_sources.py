@@ -29,13 +29,17 @@ class RawDataset:
         n = len(self.signals)
         if self.signals.ndim != 3:
             raise DataError(f"signals must be (records, leads, samples), got {self.signals.shape}")
-        for field, arr in (("labels", self.labels), ("patient_id", self.patient_id),
-                           ("record_id", self.record_id)):
+        for field, arr in (
+            ("labels", self.labels),
+            ("patient_id", self.patient_id),
+            ("record_id", self.record_id),
+        ):
             if len(arr) != n:
                 raise DataError(f"{field} has {len(arr)} rows for {n} records")
         if self.labels.shape[1] != len(self.classes):
-            raise DataError(f"labels have {self.labels.shape[1]} columns for "
-                            f"{len(self.classes)} classes")
+            raise DataError(
+                f"labels have {self.labels.shape[1]} columns for {len(self.classes)} classes"
+            )
         if not np.isfinite(self.signals).all():
             raise DataError("signals contain NaN or infinite values")
 
@@ -87,11 +91,20 @@ def _register_builtin() -> None:
         def factory(domain_name: str = domain_name) -> DatasetSource:
             def load() -> RawDataset:
                 d = synthetic.generate(domain_name)
-                return RawDataset(d.signals, d.labels, np.asarray(d.patient_id),
-                                  np.asarray(d.record_id), tuple(d.classes),
-                                  tuple(d.lead_names), float(d.fs))
+                return RawDataset(
+                    d.signals,
+                    d.labels,
+                    np.asarray(d.patient_id),
+                    np.asarray(d.record_id),
+                    tuple(d.classes),
+                    tuple(d.lead_names),
+                    float(d.fs),
+                )
 
-            return DatasetSource(load=load, version=f"synthetic-{getattr(synthetic, 'GENERATOR_VERSION', 1)}",
-                                 kind="synthetic")
+            return DatasetSource(
+                load=load,
+                version=f"synthetic-{getattr(synthetic, 'GENERATOR_VERSION', 1)}",
+                kind="synthetic",
+            )
 
         DATASETS.register(factory, name=domain_name)

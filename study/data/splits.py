@@ -34,8 +34,11 @@ def primary_label(labels: np.ndarray) -> np.ndarray:
     masked = np.where(labels, rank[None, :], labels.shape[1])
     best_rank = masked.min(axis=1)
     order = np.argsort(rank, kind="stable")
-    return np.where(best_rank < labels.shape[1], order[np.minimum(best_rank, labels.shape[1] - 1)],
-                    labels.shape[1])
+    return np.where(
+        best_rank < labels.shape[1],
+        order[np.minimum(best_rank, labels.shape[1] - 1)],
+        labels.shape[1],
+    )
 
 
 def assign_folds(labels: np.ndarray, patient_id: np.ndarray, seed: int) -> np.ndarray:

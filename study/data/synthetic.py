@@ -401,7 +401,7 @@ def _beat_times(
 
 def _sinus_waves(
     pat: _Patient, feats: frozenset[str], sev: dict[str, float], rot: np.ndarray, pr: float
-):
+) -> tuple[np.ndarray, ...]:
     """Wave table of a conducted beat: offset, QT coefficient, sigma, dipole, is-P flag.
 
     The T-wave offset is ``offset + coef * sqrt(RR)`` (Bazett), so T follows the rate.
@@ -464,7 +464,10 @@ def _sinus_waves(
     return offset, coef, sigma, dip @ rot.T, is_p
 
 
-def _pvc_waves(rng: np.random.Generator, pat: _Patient, sev: dict[str, float], rot: np.ndarray):
+def _pvc_waves(
+    rng: np.random.Generator, pat: _Patient, sev: dict[str, float], rot: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Wave table of a ventricular ectopic beat: offset, sigma, dipole (no P, wide QRS)."""
     a = (1.0 + 1.0 * sev["pvc"]) * pat.amp[1]
     d2 = _unit(*(pat.pvc_dir + 0.6 * _unit(*rng.normal(size=3))))
     waves = [
@@ -543,6 +546,7 @@ def _render(
     hr = _heart_rate(rng, pat, feats, sev)
     beat_t, rr_prev, is_pvc = _beat_times(rng, pat, feats, sev, hr, dom.seconds)
     rot = pat.rot @ _rotation(rng, (2.0, 2.0, 3.0))  # posture shifts the axis a little
+    # PR shortens a little as the rate rises; a first-degree block keeps it above 200 ms.
     pr = max(0.10, (0.21 + 0.12 * sev["avb1"] if "avb1" in feats else pat.pr) - 4e-4 * (hr - 70))
 
     off, coef, sig, dip, is_p = _sinus_waves(pat, feats, sev, rot, pr)

@@ -28,8 +28,6 @@ from study.data import PreparedDataset
 from study.data.prepared import default_cache_dir
 from study.errors import DataError
 from study.models import create_model
-from study.store import Store
-from study.sweep.plan import Unit
 from study.schema import (
     EPOCHS_SCHEMA,
     PRETRAIN_SCHEMA,
@@ -41,6 +39,8 @@ from study.schema import (
     trial_path,
     weights_path,
 )
+from study.store import Store
+from study.sweep.plan import Unit
 from study.training import (
     FitConfig,
     choose_thresholds,
@@ -90,10 +90,18 @@ def open_prepared(store: Store, key: str) -> PreparedDataset:
 
 
 def _mark(store: Store, unit: Unit, state: str, **extra) -> None:
-    store.write_json(run_marker_path(unit.unit_id), {
-        "unit_id": unit.unit_id, "stage": unit.stage, "state": state,
-        "host": socket.gethostname(), "pid": os.getpid(),
-        "updated_at": datetime.now(UTC).isoformat(), **extra})
+    store.write_json(
+        run_marker_path(unit.unit_id),
+        {
+            "unit_id": unit.unit_id,
+            "stage": unit.stage,
+            "state": state,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "updated_at": datetime.now(UTC).isoformat(),
+            **extra,
+        },
+    )
 
 
 def _load_checkpoint(store: Store, uid: str) -> dict | None:
@@ -104,14 +112,22 @@ def _load_checkpoint(store: Store, uid: str) -> dict | None:
 
 def _fit_config(unit: Unit, device: str, batch_size: int | None = None) -> FitConfig:
     t = unit.config["train"]
-    return FitConfig(epochs=t["epochs"], batch_size=batch_size or t["batch_size"], lr=t["lr"],
-                     weight_decay=t["weight_decay"], patience=t["patience"],
-                     seed=unit.config["seed"], device=device)
+    return FitConfig(
+        epochs=t["epochs"],
+        batch_size=batch_size or t["batch_size"],
+        lr=t["lr"],
+        weight_decay=t["weight_decay"],
+        patience=t["patience"],
+        seed=unit.config["seed"],
+        device=device,
+    )
 
 
 def _epochs_table(uid: str, history: list[dict]) -> pa.Table:
-    rows = [{"unit_id": uid, **{k: h.get(k) for k in EPOCHS_SCHEMA.names if k != "unit_id"}}
-            for h in history]
+    rows = [
+        {"unit_id": uid, **{k: h.get(k) for k in EPOCHS_SCHEMA.names if k != "unit_id"}}
+        for h in history
+    ]
     return pa.Table.from_pylist(rows, schema=EPOCHS_SCHEMA)
 
 
@@ -142,9 +158,13 @@ def run_finetune_unit(
         train = data.arrays(train_idx)
         val = data.arrays(data.split_indices("val"))
         test = data.arrays(data.split_indices("test"))
-        model = create_model(c["architecture"], in_channels=data.in_channels,
-                             num_classes=len(data.classes), input_length=data.n_samples,
-                             **c["architecture_options"])
+        model = create_model(
+            c["architecture"],
+            in_channels=data.in_channels,
+            num_classes=len(data.classes),
+            input_length=data.n_samples,
+            **c["architecture_options"],
+        )
         if unit.stage == "finetune":
             weights = load_state_bytes(store.read_bytes(weights_path(c["pretrain_unit"])))
             load_backbone(model, weights, model.classifier_prefixes)
@@ -158,11 +178,11 @@ def run_finetune_unit(
 
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
-        result = fit(model, train, val, _fit_config(unit, device), resume=resume,
-                     on_epoch=on_epoch)
+        result = fit(model, train, val, _fit_config(unit, device), resume=resume, on_epoch=on_epoch)
         # Seconds of the epochs run before an interruption count too.
-        train_seconds = sum(h["seconds"] for h in result.history) if resume else \
-            time.perf_counter() - t0
+        train_seconds = (
+            sum(h["seconds"] for h in result.history) if resume else time.perf_counter() - t0
+        )
         model.load_state_dict(result.best_state)
         p_val = predict(model, val[0], device=device)
         p_test = predict(model, test[0], device=device)
@@ -170,20 +190,31 @@ def run_finetune_unit(
         test_m = classification_metrics(test[1], p_test, thresholds)
         best = result.history[result.best_epoch - 1]
         row = {
-            "unit_id": uid, "architecture": c["architecture_label"],
+            "unit_id": uid,
+            "architecture": c["architecture_label"],
             "init": "pretrained" if unit.stage == "finetune" else "scratch",
-            "upstream": c.get("upstream"), "pretrain_task": c.get("pretrain_task"),
-            "pretrain_unit": c.get("pretrain_unit"), "downstream": c["downstream"],
-            "freeze_depth": c["freeze_depth"], "data_fraction": c["data_fraction"],
-            "repeat": c["repeat"], "seed": c["seed"], "n_train": len(train_idx),
-            "n_val": len(val[1]), "n_test": len(test[1]),
+            "upstream": c.get("upstream"),
+            "pretrain_task": c.get("pretrain_task"),
+            "pretrain_unit": c.get("pretrain_unit"),
+            "downstream": c["downstream"],
+            "freeze_depth": c["freeze_depth"],
+            "data_fraction": c["data_fraction"],
+            "repeat": c["repeat"],
+            "seed": c["seed"],
+            "n_train": len(train_idx),
+            "n_val": len(val[1]),
+            "n_test": len(test[1]),
             **{f"test_{k}": v for k, v in test_m.items()},
-            "val_macro_auroc": best["val_macro_auroc"], "val_loss": best["val_loss"],
-            "best_epoch": result.best_epoch, "epochs": result.epochs_run,
+            "val_macro_auroc": best["val_macro_auroc"],
+            "val_loss": best["val_loss"],
+            "best_epoch": result.best_epoch,
+            "epochs": result.epochs_run,
             "train_seconds": train_seconds,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "hardware": hardware_string(device), "code_version": env.get("code_version", ""),
-            "finished_at": datetime.now(UTC), "config": json.dumps(c, sort_keys=True),
+            "hardware": hardware_string(device),
+            "code_version": env.get("code_version", ""),
+            "finished_at": datetime.now(UTC),
+            "config": json.dumps(c, sort_keys=True),
         }
         store.write_table(epochs_path(uid), _epochs_table(uid, result.history))
         store.write_table(trial_path(uid), pa.Table.from_pylist([row], schema=TRIALS_SCHEMA))
@@ -191,14 +222,24 @@ def run_finetune_unit(
         _mark(store, unit, "done")
         return row
     except BaseException as e:
-        _mark(store, unit, "failed", error=f"{type(e).__name__}: {e}",
-              traceback=traceback.format_exc()[-4000:])
+        _mark(
+            store,
+            unit,
+            "failed",
+            error=f"{type(e).__name__}: {e}",
+            traceback=traceback.format_exc()[-4000:],
+        )
         raise
 
 
 def run_pretrain_worker(
-    unit: Unit, store: Store, env: dict, rank: int, world_size: int,
-    report: Report = None, device: str = "cpu",
+    unit: Unit,
+    store: Store,
+    env: dict,
+    rank: int,
+    world_size: int,
+    report: Report = None,
+    device: str = "cpu",
 ) -> None:
     """The body of one DDP worker of a pretraining unit (torch.distributed set up by caller).
 
@@ -214,9 +255,13 @@ def run_pretrain_worker(
         data = open_prepared(store, c["upstream_key"])
         train_idx = data.split_indices("train")
         train, val = data.arrays(train_idx), data.arrays(data.split_indices("val"))
-        model = create_model(c["architecture"], in_channels=data.in_channels,
-                             num_classes=len(data.classes), input_length=data.n_samples,
-                             **c["architecture_options"])
+        model = create_model(
+            c["architecture"],
+            in_channels=data.in_channels,
+            num_classes=len(data.classes),
+            input_length=data.n_samples,
+            **c["architecture_options"],
+        )
         # The spec's batch size is global: each of the DDP workers takes its share.
         per_worker = max(1, c["train"]["batch_size"] // world_size)
 
@@ -229,26 +274,49 @@ def run_pretrain_worker(
 
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
-        result = fit(model, train, val, _fit_config(unit, device, per_worker), resume=resume,
-                     on_epoch=on_epoch)
+        result = fit(
+            model,
+            train,
+            val,
+            _fit_config(unit, device, per_worker),
+            resume=resume,
+            on_epoch=on_epoch,
+        )
         if rank != 0:
             return
-        train_seconds = sum(h["seconds"] for h in result.history) if resume else \
-            time.perf_counter() - t0
+        train_seconds = (
+            sum(h["seconds"] for h in result.history) if resume else time.perf_counter() - t0
+        )
         model.load_state_dict(result.best_state)
         store.write_bytes(weights_path(uid), state_to_bytes(model.state_dict()))
-        store.write_json(f"pretrained/{uid}/model.json", {
-            "model": model.config, "classifier_prefixes": list(model.classifier_prefixes),
-            "classes": data.classes, "lead_names": data.meta["lead_names"],
-            "fs": data.meta["fs"], "n_samples": data.n_samples, "unit": c})
+        store.write_json(
+            f"pretrained/{uid}/model.json",
+            {
+                "model": model.config,
+                "classifier_prefixes": list(model.classifier_prefixes),
+                "classes": data.classes,
+                "lead_names": data.meta["lead_names"],
+                "fs": data.meta["fs"],
+                "n_samples": data.n_samples,
+                "unit": c,
+            },
+        )
         best = result.history[result.best_epoch - 1]
         row = {
-            "unit_id": uid, "architecture": c["architecture_label"], "upstream": c["upstream"],
-            "pretrain_task": c["task"], "num_workers": world_size, "n_train": len(train_idx),
-            "val_macro_auroc": best["val_macro_auroc"], "val_loss": best["val_loss"],
-            "best_epoch": result.best_epoch, "epochs": result.epochs_run,
-            "train_seconds": train_seconds, "hardware": hardware_string(device),
-            "code_version": env.get("code_version", ""), "finished_at": datetime.now(UTC),
+            "unit_id": uid,
+            "architecture": c["architecture_label"],
+            "upstream": c["upstream"],
+            "pretrain_task": c["task"],
+            "num_workers": world_size,
+            "n_train": len(train_idx),
+            "val_macro_auroc": best["val_macro_auroc"],
+            "val_loss": best["val_loss"],
+            "best_epoch": result.best_epoch,
+            "epochs": result.epochs_run,
+            "train_seconds": train_seconds,
+            "hardware": hardware_string(device),
+            "code_version": env.get("code_version", ""),
+            "finished_at": datetime.now(UTC),
             "config": json.dumps(c, sort_keys=True),
         }
         store.write_table(epochs_path(uid), _epochs_table(uid, result.history))
@@ -257,8 +325,11 @@ def run_pretrain_worker(
         _mark(store, unit, "done")
     except BaseException as e:
         if rank == 0:
-            _mark(store, unit, "failed", error=f"{type(e).__name__}: {e}",
-                  traceback=traceback.format_exc()[-4000:])
+            _mark(
+                store,
+                unit,
+                "failed",
+                error=f"{type(e).__name__}: {e}",
+                traceback=traceback.format_exc()[-4000:],
+            )
         raise
-
-

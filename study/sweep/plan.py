@@ -77,8 +77,16 @@ class Plan:
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(
-            [{"unit_id": u.unit_id, "stage": u.stage, **u.axes, "depends_on": u.depends_on,
-              "config": json.dumps(u.config, sort_keys=True)} for u in self.units]
+            [
+                {
+                    "unit_id": u.unit_id,
+                    "stage": u.stage,
+                    **u.axes,
+                    "depends_on": u.depends_on,
+                    "config": json.dumps(u.config, sort_keys=True),
+                }
+                for u in self.units
+            ]
         )
 
     def counts(self) -> dict:
@@ -91,14 +99,17 @@ class Plan:
                 for k, v in u.axes.items():
                     if v is not None and k != "init":
                         axes.setdefault(k, Counter())[v] += 1
-            out["stages"][stage] = {"units": len(units),
-                                    "axes": {k: dict(sorted(c.items())) for k, c in axes.items()}}
+            out["stages"][stage] = {
+                "units": len(units),
+                "axes": {k: dict(sorted(c.items())) for k, c in axes.items()},
+            }
         return out
 
 
 def _train_cfg(section) -> dict:
-    return {k: getattr(section, k)
-            for k in ("epochs", "batch_size", "lr", "weight_decay", "patience")}
+    return {
+        k: getattr(section, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience")
+    }
 
 
 def make_plan(spec: Spec) -> Plan:
@@ -107,28 +118,43 @@ def make_plan(spec: Spec) -> Plan:
     excluded: list[str] = []
     pretrain_ids: dict[tuple[str, str], str] = {}
     for arch in spec.architectures:
-        arch_cfg = {"architecture": arch.name, "architecture_options": dict(arch.options),
-                    "architecture_label": arch.label}
+        arch_cfg = {
+            "architecture": arch.name,
+            "architecture_options": dict(arch.options),
+            "architecture_label": arch.label,
+        }
         for up in spec.upstream:
-            cfg = {**arch_cfg, "stage": "pretrain", "upstream": up,
-                   "upstream_key": prepared_key(up), "task": spec.pretrain.task,
-                   "seed": spec.seed, "num_workers": spec.pretrain.num_workers,
-                   "train": _train_cfg(spec.pretrain)}
+            cfg = {
+                **arch_cfg,
+                "stage": "pretrain",
+                "upstream": up,
+                "upstream_key": prepared_key(up),
+                "task": spec.pretrain.task,
+                "seed": spec.seed,
+                "num_workers": spec.pretrain.num_workers,
+                "train": _train_cfg(spec.pretrain),
+            }
             uid = unit_id("pretrain", cfg)
             pretrain_ids[(arch.label, up)] = uid
             units.append(Unit(uid, "pretrain", cfg))
     for arch in spec.architectures:
-        arch_cfg = {"architecture": arch.name, "architecture_options": dict(arch.options),
-                    "architecture_label": arch.label}
+        arch_cfg = {
+            "architecture": arch.name,
+            "architecture_options": dict(arch.options),
+            "architecture_label": arch.label,
+        }
         depths = spec.freeze_depths_for(arch)
         for down in spec.downstream:
-            base = {**arch_cfg, "downstream": down, "downstream_key": prepared_key(down),
-                    "train": _train_cfg(spec.finetune)}
+            base = {
+                **arch_cfg,
+                "downstream": down,
+                "downstream_key": prepared_key(down),
+                "train": _train_cfg(spec.finetune),
+            }
             for frac in spec.finetune.data_fractions:
                 for rep in range(spec.finetune.repeats):
                     # The seed depends on the repeat only, so both arms of a pair share it.
-                    common = {**base, "data_fraction": frac, "repeat": rep,
-                              "seed": spec.seed + rep}
+                    common = {**base, "data_fraction": frac, "repeat": rep, "seed": spec.seed + rep}
                     if spec.finetune.scratch:
                         cfg = {**common, "stage": "scratch", "freeze_depth": 0}
                         units.append(Unit(unit_id("scratch", cfg), "scratch", cfg))
@@ -137,9 +163,14 @@ def make_plan(spec: Spec) -> Plan:
                             continue
                         pt = pretrain_ids[(arch.label, up)]
                         for depth in depths:
-                            cfg = {**common, "stage": "finetune", "upstream": up,
-                                   "pretrain_task": spec.pretrain.task, "pretrain_unit": pt,
-                                   "freeze_depth": depth}
+                            cfg = {
+                                **common,
+                                "stage": "finetune",
+                                "upstream": up,
+                                "pretrain_task": spec.pretrain.task,
+                                "pretrain_unit": pt,
+                                "freeze_depth": depth,
+                            }
                             units.append(Unit(unit_id("finetune", cfg), "finetune", cfg, pt))
             if down in spec.upstream and not spec.allow_self_pairs:
                 excluded.append(f"{down} as its own upstream (set allow_self_pairs to include)")

@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from study.data import prepare, prepared_key
 from study.errors import ConfigError, StorageError, StudyError
+from study.schema import result_path, run_marker_path, weights_path
 from study.store import Store
 from study.sweep.plan import STAGES, Plan, Unit, make_plan
-from study.schema import result_path, run_marker_path, weights_path
 from study.sweep.spec import Spec, parse_spec, spec_to_yaml
 
 __all__ = ["run_study", "resume_study", "study_status", "load_study", "StudyOutcome"]
@@ -55,8 +55,13 @@ def code_version() -> str:
     from study import __version__
 
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).resolve().parents[2])
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         if out.returncode == 0 and out.stdout.strip():
             return f"{__version__}+{out.stdout.strip()}"
     except (OSError, subprocess.SubprocessError):
@@ -101,8 +106,11 @@ def load_study(uri: str) -> tuple[Store, Spec, Plan]:
 
 def done_ids(store: Store, units: Iterable[Unit]) -> set[str]:
     """Ids of the units whose result row is in the store (listing, not one probe per unit)."""
-    present = {n.removesuffix(".parquet") for d in ("trials", "pretrain")
-               for n in store.list_names(f"results/{d}", ".parquet")}
+    present = {
+        n.removesuffix(".parquet")
+        for d in ("trials", "pretrain")
+        for n in store.list_names(f"results/{d}", ".parquet")
+    }
     return {u.unit_id for u in units if u.unit_id in present}
 
 
@@ -135,8 +143,13 @@ def ensure_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
-                 configure_logging=True, logging_level="WARNING")
+        ray.init(
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=True,
+            logging_level="WARNING",
+        )
 
 
 def _pretrain_loop(config: dict) -> None:
@@ -150,9 +163,15 @@ def _pretrain_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(config["threads"])))
-    run_pretrain_worker(Unit(**config["unit"]), Store(config["store_uri"]), config["env"],
-                        rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
-                        report=ray.train.report, device=str(device))
+    run_pretrain_worker(
+        Unit(**config["unit"]),
+        Store(config["store_uri"]),
+        config["env"],
+        rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+        report=ray.train.report,
+        device=str(device),
+    )
 
 
 def _run_pretrain_unit(unit: Unit, store: Store, spec: Spec, env: dict) -> None:
@@ -162,10 +181,17 @@ def _run_pretrain_unit(unit: Unit, store: Store, spec: Spec, env: dict) -> None:
     p = spec.pretrain
     trainer = TorchTrainer(
         _pretrain_loop,
-        train_loop_config={"unit": unit.__dict__, "store_uri": store.uri, "env": env,
-                           "threads": p.cpus_per_worker},
-        scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=p.use_gpu,
-                                     resources_per_worker={"CPU": p.cpus_per_worker}),
+        train_loop_config={
+            "unit": unit.__dict__,
+            "store_uri": store.uri,
+            "env": env,
+            "threads": p.cpus_per_worker,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=p.num_workers,
+            use_gpu=p.use_gpu,
+            resources_per_worker={"CPU": p.cpus_per_worker},
+        ),
         torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
         run_config=RunConfig(
             # A fresh name per attempt: our own checkpoint in the store does the resuming.
@@ -173,15 +199,18 @@ def _run_pretrain_unit(unit: Unit, store: Store, spec: Spec, env: dict) -> None:
             storage_path=store.path("_ray", "train"),
             storage_filesystem=store.fs,
             # Never retry forever: a unit whose workers cannot be placed must fail, not hang.
-            failure_config=FailureConfig(max_failures=spec.execution.max_failures,
-                                         controller_failure_limit=spec.execution.max_failures),
+            failure_config=FailureConfig(
+                max_failures=spec.execution.max_failures,
+                controller_failure_limit=spec.execution.max_failures,
+            ),
         ),
     )
     trainer.fit()
 
 
-def _tune_trial(config: dict, units: dict, store_uri: str, env: dict, threads: float,
-                use_gpu: bool) -> None:
+def _tune_trial(
+    config: dict, units: dict, store_uri: str, env: dict, threads: float, use_gpu: bool
+) -> None:
     """A Tune trial: one fine-tuning or from-scratch unit."""
     import ray.tune
     import torch
@@ -190,8 +219,9 @@ def _tune_trial(config: dict, units: dict, store_uri: str, env: dict, threads: f
 
     torch.set_num_threads(max(1, int(threads)))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    run_finetune_unit(units[config["unit_id"]], Store(store_uri), env,
-                      report=ray.tune.report, device=device)
+    run_finetune_unit(
+        units[config["unit_id"]], Store(store_uri), env, report=ray.tune.report, device=device
+    )
 
 
 def _run_tune_chunk(units: list[Unit], store: Store, spec: Spec, env: dict, bar) -> None:
@@ -202,9 +232,14 @@ def _run_tune_chunk(units: list[Unit], store: Store, spec: Spec, env: dict, bar)
     f = spec.finetune
 
     trainable = tune.with_resources(
-        tune.with_parameters(_tune_trial, units={u.unit_id: u for u in units},
-                             store_uri=store.uri, env=env, threads=f.cpus_per_trial,
-                             use_gpu=f.gpus_per_trial > 0),
+        tune.with_parameters(
+            _tune_trial,
+            units={u.unit_id: u for u in units},
+            store_uri=store.uri,
+            env=env,
+            threads=f.cpus_per_trial,
+            use_gpu=f.gpus_per_trial > 0,
+        ),
         {"cpu": f.cpus_per_trial, "gpu": f.gpus_per_trial},
     )
     tuner = tune.Tuner(
@@ -213,29 +248,56 @@ def _run_tune_chunk(units: list[Unit], store: Store, spec: Spec, env: dict, bar)
         tune_config=tune.TuneConfig(max_concurrent_trials=f.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"finetune-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
-            storage_path=store.path("_ray", "tune"), storage_filesystem=store.fs,
+            storage_path=store.path("_ray", "tune"),
+            storage_filesystem=store.fs,
             failure_config=tune.FailureConfig(max_failures=spec.execution.max_failures),
-            callbacks=[Progress(bar)], verbose=0,
+            callbacks=[Progress(bar)],
+            verbose=0,
         ),
     )
     tuner.fit()
 
 
+def _pretrain_progress(store: Store, units: list[Unit], epochs: int) -> str:
+    """'pretraining pt-1234 epoch 3/12, ...' from the units' run markers."""
+    parts = []
+    for u in units:
+        try:
+            marker = store.read_json(run_marker_path(u.unit_id))
+        except StudyError:
+            continue
+        if marker.get("state") == "running":
+            parts.append(f"{u.unit_id} epoch {marker.get('epoch', 0)}/{epochs}")
+    return "pretraining " + (", ".join(parts) if parts else "(starting workers)")
+
+
 def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> StudyOutcome:
     env = {"code_version": code_version()}
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S",
-                          str(spec.execution.worker_start_timeout_s))
+    os.environ.setdefault(
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(spec.execution.worker_start_timeout_s)
+    )
     done = done_ids(store, plan.units)
     pending = [u for u in plan.units if u.unit_id not in done]
-    _log(f"study {spec.name} at {store.uri}: {len(plan.units)} units planned, "
-         f"{len(done)} already done, {len(pending)} to run")
+    _log(
+        f"study {spec.name} at {store.uri}: {len(plan.units)} units planned, "
+        f"{len(done)} already done, {len(pending)} to run"
+    )
     if not pending:
         return StudyOutcome(store, len(plan.units), len(done), [])
-    prepare_datasets(store, [u.config.get("upstream") for u in plan.by_stage("pretrain")]
-                     + [u.config["downstream"] for u in plan.units if u.stage != "pretrain"])
+    prepare_datasets(
+        store,
+        [u.config.get("upstream") for u in plan.by_stage("pretrain")]
+        + [u.config["downstream"] for u in plan.units if u.stage != "pretrain"],
+    )
     ensure_ray(address)
-    bar = tqdm(total=len(pending), desc="units", unit="unit", mininterval=2, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(pending),
+        desc="units",
+        unit="unit",
+        mininterval=2,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     try:
         pre = [u for u in pending if u.stage == "pretrain"]
         if pre:
@@ -250,9 +312,13 @@ def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> Study
                     bar.update(1)
 
             with ThreadPoolExecutor(spec.pretrain.max_concurrent) as pool:
-                list(pool.map(one, pre))
-        have_weights = {u.unit_id for u in plan.by_stage("pretrain")
-                        if store.exists(weights_path(u.unit_id))}
+                futures = [pool.submit(one, u) for u in pre]
+                while not all(f.done() for f in futures):
+                    bar.set_postfix_str(_pretrain_progress(store, pre, spec.pretrain.epochs))
+                    time.sleep(2)
+        have_weights = {
+            u.unit_id for u in plan.by_stage("pretrain") if store.exists(weights_path(u.unit_id))
+        }
         trials = [u for u in pending if u.stage != "pretrain"]
         runnable = [u for u in trials if u.depends_on is None or u.depends_on in have_weights]
         blocked = len(trials) - len(runnable)
@@ -270,8 +336,9 @@ def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> Study
     return StudyOutcome(store, len(plan.units), len(done), failed)
 
 
-def run_study(spec: Spec, storage: str, name: str | None = None,
-              address: str | None = None) -> StudyOutcome:
+def run_study(
+    spec: Spec, storage: str, name: str | None = None, address: str | None = None
+) -> StudyOutcome:
     """Run (or continue) the study `spec` under `storage/name` (name defaults to spec.name)."""
     store = Store(storage).child(name or spec.name)
     plan = init_study(store, spec)
@@ -304,9 +371,12 @@ def study_status(uri: str) -> pd.DataFrame:
                 state = "running"
         rows.append({"stage": u.stage, "state": state, "unit_id": u.unit_id})
     df = pd.DataFrame(rows)
-    table = (df.groupby(["stage", "state"]).size().unstack(fill_value=0)
-             .reindex(index=list(STAGES), columns=["done", "running", "failed", "pending"],
-                      fill_value=0))
+    table = (
+        df.groupby(["stage", "state"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(index=list(STAGES), columns=["done", "running", "failed", "pending"], fill_value=0)
+    )
     table.loc["total"] = table.sum()
     return table
 

@@ -205,8 +205,11 @@ def _format_errors(err: ValidationError, source: str) -> str:
         elif e["type"] == "missing":
             msg = "required key is missing"
         value = e.get("input")
-        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) \
+        shown = (
+            ""
+            if e["type"] in ("missing", "extra_forbidden") or isinstance(value, dict)
             else f" (got {value!r})"
+        )
         lines.append(f"  {loc}: {msg}{shown}")
     return "\n".join(lines)
 
@@ -235,8 +238,10 @@ def parse_spec(data: Any, source: str = "<dict>") -> Spec:
         ConfigError: listing every broken rule with its key and value.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"invalid experiment spec {source}: expected a mapping at the top level,"
-                          f" got {type(data).__name__}")
+        raise ConfigError(
+            f"invalid experiment spec {source}: expected a mapping at the top level,"
+            f" got {type(data).__name__}"
+        )
     try:
         return Spec.model_validate(data)
     except ValidationError as e:

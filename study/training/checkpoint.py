@@ -38,8 +38,11 @@ def load_backbone(model: torch.nn.Module, weights: dict, head_prefixes: tuple[st
             f"pretrained weights do not fit the model: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in backbone.items()
-           if v.shape != own[k].shape]
+    bad = [
+        f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in backbone.items()
+        if v.shape != own[k].shape
+    ]
     if bad:
         raise TrainingError(f"pretrained weight shapes differ from the model: {bad[:5]}")
     model.load_state_dict(backbone, strict=False)

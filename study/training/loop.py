@@ -124,8 +124,11 @@ def fit(
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         history = list(resume["history"])
-        best = {"loss": resume["best_loss"], "epoch": resume["best_epoch"],
-                "state": resume["best_state"]}
+        best = {
+            "loss": resume["best_loss"],
+            "epoch": resume["best_epoch"],
+            "state": resume["best_state"],
+        }
         start_epoch = resume["epoch"]
     loss_fn = nn.BCEWithLogitsLoss()
     x_train, y_train = train
@@ -160,8 +163,7 @@ def fit(
         }
         history.append(record)
         if v_loss < best["loss"]:
-            best = {"loss": v_loss, "epoch": epoch + 1,
-                    "state": copy.deepcopy(model.state_dict())}
+            best = {"loss": v_loss, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
         if on_epoch is not None:
             state = {
                 "epoch": epoch + 1,
@@ -175,5 +177,6 @@ def fit(
                 "fit_config": asdict(cfg),
             }
             on_epoch(state, record)
-    return FitResult(best_state=best["state"], best_epoch=best["epoch"],
-                     epochs_run=len(history), history=history)
+    return FitResult(
+        best_state=best["state"], best_epoch=best["epoch"], epochs_run=len(history), history=history
+    )

@@ -16,8 +16,14 @@ def down_x(tmp_path_factory) -> PreparedDataset:
 
 
 def test_list_datasets_has_the_synthetic_domains():
-    assert {"synth_up_a", "synth_up_b", "synth_up_c", "synth_down_x", "synth_down_y",
-            "synth_tiny"} <= set(list_datasets())
+    assert {
+        "synth_up_a",
+        "synth_up_b",
+        "synth_up_c",
+        "synth_down_x",
+        "synth_down_y",
+        "synth_tiny",
+    } <= set(list_datasets())
 
 
 def test_splits_are_patient_disjoint_and_cover_every_record(down_x):
@@ -75,8 +81,11 @@ def test_folds_keep_patients_together():
     ("call", "error", "fragment"),
     [
         (lambda: assign_folds(np.zeros((5, 2)), np.arange(5), 0), DataError, ">= 10 patients"),
-        (lambda: nested_subset(np.arange(4), np.zeros((4, 1)), 0.0, 0, "d"), DataError,
-         "(0, 1], got 0.0"),
+        (
+            lambda: nested_subset(np.arange(4), np.zeros((4, 1)), 0.0, 0, "d"),
+            DataError,
+            "(0, 1], got 0.0",
+        ),
         (lambda: prepare("no_such_dataset"), ConfigError, "unknown dataset 'no_such_dataset'"),
         (lambda: PreparedDataset("/nonexistent"), DataError, "not a prepared dataset"),
     ],

@@ -21,8 +21,13 @@ SMOKE = {
     # explicitly (pretraining sees its train/val folds only, never its test patients).
     "allow_self_pairs": True,
     "pretrain": {"epochs": 2, "batch_size": 32, "num_workers": 2},
-    "finetune": {"freeze_depths": [0, "all"], "data_fractions": [0.5, 1.0], "repeats": 1,
-                 "epochs": 2, "batch_size": 16},
+    "finetune": {
+        "freeze_depths": [0, "all"],
+        "data_fractions": [0.5, 1.0],
+        "repeats": 1,
+        "epochs": 2,
+        "batch_size": 16,
+    },
 }
 
 

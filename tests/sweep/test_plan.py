@@ -34,20 +34,39 @@ def test_counts_match_a_hand_computation():
 def test_scratch_units_do_not_vary_with_upstream_or_depth():
     plan = make_plan(parse_spec(BASE))
     scratch = plan.by_stage("scratch")
-    keys = {(u.config["architecture_label"], u.config["downstream"], u.config["data_fraction"],
-             u.config["repeat"]) for u in scratch}
+    keys = {
+        (
+            u.config["architecture_label"],
+            u.config["downstream"],
+            u.config["data_fraction"],
+            u.config["repeat"],
+        )
+        for u in scratch
+    }
     assert len(keys) == len(scratch)
     assert all("upstream" not in u.config and u.config["freeze_depth"] == 0 for u in scratch)
 
 
 def test_paired_arms_share_subset_and_seed():
     plan = make_plan(parse_spec(BASE))
-    scratch = {(u.config["architecture_label"], u.config["downstream"],
-                u.config["data_fraction"], u.config["repeat"]): u
-               for u in plan.by_stage("scratch")}
+    scratch = {
+        (
+            u.config["architecture_label"],
+            u.config["downstream"],
+            u.config["data_fraction"],
+            u.config["repeat"],
+        ): u
+        for u in plan.by_stage("scratch")
+    }
     for u in plan.by_stage("finetune"):
-        twin = scratch[(u.config["architecture_label"], u.config["downstream"],
-                        u.config["data_fraction"], u.config["repeat"])]
+        twin = scratch[
+            (
+                u.config["architecture_label"],
+                u.config["downstream"],
+                u.config["data_fraction"],
+                u.config["repeat"],
+            )
+        ]
         assert u.config["seed"] == twin.config["seed"]
         assert u.config["downstream_key"] == twin.config["downstream_key"]
         assert u.depends_on == u.config["pretrain_unit"]
@@ -64,12 +83,16 @@ def test_ids_are_stable_and_change_with_any_config_change():
     ids_c = {u.unit_id for u in c.units if u.stage != "pretrain"}
     assert not ids_a & ids_c
     # ... while the pretraining units, which do not depend on finetune.lr, keep theirs.
-    assert {u.unit_id for u in a.by_stage("pretrain")} == {u.unit_id for u in c.by_stage("pretrain")}
+    assert {u.unit_id for u in a.by_stage("pretrain")} == {
+        u.unit_id for u in c.by_stage("pretrain")
+    }
     pre = copy.deepcopy(BASE)
     pre["pretrain"] = {"epochs": 3}
     d = make_plan(parse_spec(pre))
     # A new pretraining changes every fine-tuning unit that starts from it, not scratch.
-    assert not {u.unit_id for u in a.by_stage("finetune")} & {u.unit_id for u in d.by_stage("finetune")}
+    assert not {u.unit_id for u in a.by_stage("finetune")} & {
+        u.unit_id for u in d.by_stage("finetune")
+    }
     assert {u.unit_id for u in a.by_stage("scratch")} == {u.unit_id for u in d.by_stage("scratch")}
 
 
@@ -85,10 +108,12 @@ def test_self_pairs_are_excluded_unless_allowed():
     spec = copy.deepcopy(BASE)
     spec["downstream"] = ["synth_up_a", "synth_down_x"]
     plan = make_plan(parse_spec(spec))
-    assert not [u for u in plan.by_stage("finetune")
-                if u.config["upstream"] == u.config["downstream"]]
+    assert not [
+        u for u in plan.by_stage("finetune") if u.config["upstream"] == u.config["downstream"]
+    ]
     assert any("synth_up_a as its own upstream" in w for w in plan.excluded)
     spec["allow_self_pairs"] = True
     allowed = make_plan(parse_spec(spec))
-    assert [u for u in allowed.by_stage("finetune")
-            if u.config["upstream"] == u.config["downstream"]]
+    assert [
+        u for u in allowed.by_stage("finetune") if u.config["upstream"] == u.config["downstream"]
+    ]

@@ -27,9 +27,25 @@ def ray_address():
     # A loopback-only test cluster: its drivers connect without the token handshake.
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1",
-                    "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
-                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -49,8 +65,12 @@ def test_sigkill_driver_then_resume(ray_address, tmp_path, cache_dir):
     store = Store(str(storage / "smoke"))
     env = {**os.environ, "RAY_ADDRESS": ray_address, "ECG_STUDY_CACHE": str(cache_dir)}
     log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(_study_cmd("run", str(spec_path), "--storage", str(storage),
-                                         "--no-report"), env=env, stdout=log, stderr=log)
+    driver = subprocess.Popen(
+        _study_cmd("run", str(spec_path), "--storage", str(storage), "--no-report"),
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None:
         if len(store.list_names("results/trials", ".parquet")) >= 3:
@@ -62,13 +82,19 @@ def test_sigkill_driver_then_resume(ray_address, tmp_path, cache_dir):
     before = trials(store).set_index("unit_id").finished_at
     assert 3 <= len(before) < 18
 
-    status = subprocess.run(_study_cmd("status", store.uri), env=env, capture_output=True,
-                            text=True, timeout=120)
+    status = subprocess.run(
+        _study_cmd("status", store.uri), env=env, capture_output=True, text=True, timeout=120
+    )
     assert status.returncode == 0, status.stderr
     assert "total" in status.stdout
 
-    resumed = subprocess.run(_study_cmd("resume", store.uri, "--no-report"), env=env,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _study_cmd("resume", store.uri, "--no-report"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     df = assert_complete(store, spec)
     assert len(df) == 18

@@ -16,8 +16,13 @@ def s3_then_ray(s3_server):
     # Ray starts after the S3 variables are set, so its workers inherit them.
     import ray
 
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         yield s3_server
     finally:
@@ -33,7 +38,11 @@ def test_smoke_study_on_s3(s3_then_ray, cache_dir):
     df = assert_complete(store, spec)
     assert len(df) == 3
     # the rows really are objects in the bucket, one part per unit named by its id
-    keys = {o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(
-        Bucket=bucket, Prefix="studies/smoke/results/trials/")["Contents"]}
+    keys = {
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(
+            Bucket=bucket, Prefix="studies/smoke/results/trials/"
+        )["Contents"]
+    }
     assert keys == {f"studies/smoke/results/trials/{u}.parquet" for u in df.unit_id}
     assert len(load_trials(store.uri)) == 3

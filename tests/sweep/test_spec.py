@@ -31,17 +31,22 @@ def _with(path: str, value):
 BAD = [
     (_with("colour", "red"), ["colour: unknown key", "valid keys: name"]),
     (_with("finetune.learning_rate", 0.1), ["finetune.learning_rate: unknown key", "lr"]),
-    (_with("finetune.data_fractions", [0.0, 1.0]), ["finetune.data_fractions",
-                                                    "must be in (0, 1], got 0.0"]),
+    (
+        _with("finetune.data_fractions", [0.0, 1.0]),
+        ["finetune.data_fractions", "must be in (0, 1], got 0.0"],
+    ),
     (_with("finetune.data_fractions", [1.5]), ["(0, 1], got 1.5"]),
     (_with("finetune.freeze_depths", [7]), ["freeze_depth must be <= 5 for resnet1d18, got 7"]),
     (_with("finetune.freeze_depths", [-1]), [">= 0 or 'all', got -1"]),
-    (_with("upstream", ["ptbxl_typo"]), ["upstream", "unknown dataset 'ptbxl_typo'",
-                                         "synth_up_a"]),
-    (_with("architectures", [{"name": "resnet99"}]), ["unknown architecture 'resnet99'",
-                                                     "resnet1d18"]),
-    (_with("architectures", [{"name": "resnet1d18", "options": {"width": 3}}]),
-     ["unknown option", "width", "base_width"]),
+    (_with("upstream", ["ptbxl_typo"]), ["upstream", "unknown dataset 'ptbxl_typo'", "synth_up_a"]),
+    (
+        _with("architectures", [{"name": "resnet99"}]),
+        ["unknown architecture 'resnet99'", "resnet1d18"],
+    ),
+    (
+        _with("architectures", [{"name": "resnet1d18", "options": {"width": 3}}]),
+        ["unknown option", "width", "base_width"],
+    ),
     (_with("finetune.repeats", "ten"), ["finetune.repeats", "integer", "'ten'"]),
     (_with("finetune.repeats", 0), ["finetune.repeats", "greater than or equal to 1"]),
     (_with("pretrain.epochs", 0), ["pretrain.epochs", "greater than or equal to 1"]),
@@ -73,8 +78,9 @@ def test_freeze_depth_all_resolves_per_architecture():
     assert spec.freeze_depths_for(spec.architectures[0]) == [0, 5]
 
 
-@pytest.mark.parametrize(("text", "fragment"), [("a: [", "not valid YAML"),
-                                                ("- 1\n- 2", "expected a mapping")])
+@pytest.mark.parametrize(
+    ("text", "fragment"), [("a: [", "not valid YAML"), ("- 1\n- 2", "expected a mapping")]
+)
 def test_malformed_yaml_is_a_config_error(tmp_path, text, fragment):
     path = tmp_path / "s.yaml"
     path.write_text(text)
