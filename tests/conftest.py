@@ -80,6 +80,7 @@ def ray_local():
     import ray
 
     ray.init(
+        address="local",  # our own instance, never a cluster left running on the machine
         num_cpus=2,
         _node_ip_address="127.0.0.1",
         include_dashboard=False,

@@ -103,7 +103,7 @@ def _register_builtin() -> None:
 
             return DatasetSource(
                 load=load,
-                version=f"synthetic-{getattr(synthetic, 'GENERATOR_VERSION', 1)}",
+                version=f"synthetic-{synthetic.GENERATOR_VERSION}",
                 kind="synthetic",
             )
 

@@ -33,11 +33,16 @@ from study.errors import ConfigError
 __all__ = [
     "CLASS_DEFINITIONS",
     "DOMAINS",
+    "GENERATOR_VERSION",
     "LEAD_NAMES",
     "SyntheticData",
     "SyntheticDomain",
     "generate",
 ]
+
+# Enters the prepared-data cache key: bump it whenever a domain's output changes, or caches keep
+# serving the old records. (1 was the unversioned work-in-progress generator.)
+GENERATOR_VERSION = 2
 
 LEAD_NAMES: tuple[str, ...] = (
     "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
@@ -536,6 +541,23 @@ def _acquire(rng: np.random.Generator, leads: np.ndarray, spread: float) -> np.n
     return out
 
 
+def _gaussian_sum(
+    centers: np.ndarray, sigmas: np.ndarray, dipoles: np.ndarray, fs: float, n: int
+) -> np.ndarray:
+    """Sum of Gaussian waves with 3-D dipoles, as (3, n).
+
+    Each wave is evaluated only within 5 sigma of its centre, which saves most of the work
+    at high sampling rates (the tails left out are below 4e-6 of the peak).
+    """
+    half = int(np.ceil(5 * sigmas.max() * fs))
+    first = np.round(centers * fs).astype(np.int64) - half
+    idx = first[:, None] + np.arange(2 * half + 1)  # (waves, window)
+    inside = (idx >= 0) & (idx < n)
+    g = np.exp(-0.5 * ((idx / fs - centers[:, None]) / sigmas[:, None]) ** 2) * inside
+    flat = np.where(inside, idx, 0).ravel()
+    return np.stack([np.bincount(flat, (g * d[:, None]).ravel(), n) for d in dipoles.T])
+
+
 def _render(
     rng: np.random.Generator, dom: SyntheticDomain, pat: _Patient, feats: frozenset[str]
 ) -> tuple[np.ndarray, float]:
@@ -567,8 +589,7 @@ def _render(
     # Widen every wave by a Gaussian anti-alias filter (area kept), as a recorder filters
     # before it samples; without it a 10 ms R wave aliases at 100 Hz.
     s_eff = np.sqrt(s**2 + (0.4 / fs) ** 2)
-    d = d * (s / s_eff)[:, None]
-    vcg = d.T @ np.exp(-0.5 * ((t[None, :] - c[:, None]) / s_eff[:, None]) ** 2)
+    vcg = _gaussian_sum(c, s_eff, d * (s / s_eff)[:, None], fs, len(t))
     if "af" in feats:
         vcg += np.outer(rot @ _AF_DIR, _f_waves(rng, t, fs, 0.01 + 0.1 * sev["af"]))
 

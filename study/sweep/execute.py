@@ -26,7 +26,7 @@ import torch
 
 from study.data import PreparedDataset
 from study.data.prepared import default_cache_dir
-from study.errors import DataError
+from study.errors import DataError, TrainingError
 from study.models import create_model
 from study.schema import (
     EPOCHS_SCHEMA,
@@ -89,6 +89,20 @@ def open_prepared(store: Store, key: str) -> PreparedDataset:
     return PreparedDataset(path)
 
 
+def _mark_ended(store: Store, unit: Unit, e: BaseException) -> None:
+    """Record why a unit stopped: an error is a failure; Ctrl-C or a stopped actor is not."""
+    if isinstance(e, Exception):
+        _mark(
+            store,
+            unit,
+            "failed",
+            error=f"{type(e).__name__}: {e}",
+            traceback=traceback.format_exc()[-4000:],
+        )
+    else:
+        _mark(store, unit, "interrupted", error=type(e).__name__)
+
+
 def _mark(store: Store, unit: Unit, state: str, **extra) -> None:
     store.write_json(
         run_marker_path(unit.unit_id),
@@ -107,7 +121,14 @@ def _mark(store: Store, unit: Unit, state: str, **extra) -> None:
 def _load_checkpoint(store: Store, uid: str) -> dict | None:
     if not store.exists(checkpoint_path(uid)):
         return None
-    return load_state_bytes(store.read_bytes(checkpoint_path(uid)))
+    try:
+        return load_state_bytes(store.read_bytes(checkpoint_path(uid)))
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        # No silent restart: a checkpoint that cannot be read is a fact the user must see.
+        raise TrainingError(
+            f"checkpoint {store.uri}/{checkpoint_path(uid)} cannot be read ({e}); "
+            f"delete it to restart unit {uid} from epoch 0"
+        ) from e
 
 
 def _fit_config(unit: Unit, device: str, batch_size: int | None = None) -> FitConfig:
@@ -222,13 +243,7 @@ def run_finetune_unit(
         _mark(store, unit, "done")
         return row
     except BaseException as e:
-        _mark(
-            store,
-            unit,
-            "failed",
-            error=f"{type(e).__name__}: {e}",
-            traceback=traceback.format_exc()[-4000:],
-        )
+        _mark_ended(store, unit, e)
         raise
 
 
@@ -325,11 +340,5 @@ def run_pretrain_worker(
         _mark(store, unit, "done")
     except BaseException as e:
         if rank == 0:
-            _mark(
-                store,
-                unit,
-                "failed",
-                error=f"{type(e).__name__}: {e}",
-                traceback=traceback.format_exc()[-4000:],
-            )
+            _mark_ended(store, unit, e)
         raise

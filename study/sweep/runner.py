@@ -143,7 +143,10 @@ def ensure_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
+        # "local": always a new instance of our own; without it ray.init() joins whatever
+        # cluster last started on this machine (/tmp/ray/ray_current_cluster).
         ray.init(
+            address="local",
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
             log_to_driver=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,11 +28,14 @@ def ray_address():
     # A loopback-only test cluster: its drivers connect without the token handshake.
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    subprocess.run(
+    # --block: the head lives as long as this process, and stopping it stops only its own
+    # Ray processes (`ray stop` would stop every Ray on the machine).
+    head = subprocess.Popen(
         [
             ray_bin,
             "start",
             "--head",
+            "--block",
             "--node-ip-address",
             "127.0.0.1",
             "--port",
@@ -42,14 +46,27 @@ def ray_address():
             "false",
             "--disable-usage-stats",
         ],
-        check=True,
-        capture_output=True,
-        timeout=120,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the test's Ray head did not start") from None
+                time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
 
 
 def _study_cmd(*args: str) -> list[str]:

@@ -40,3 +40,27 @@ def test_smoke_study_end_to_end_then_rerun_does_nothing(ray_local, tmp_path, cac
     paths = report_study(store.uri, tmp_path / "report")
     assert (tmp_path / "report" / "summary.md").stat().st_size > 0
     assert any(str(p).endswith(".png") for p in paths.values())
+
+
+def test_a_failing_unit_is_reported_and_a_rerun_completes_it(ray_local, tmp_path, cache_dir):
+    from study.schema import checkpoint_path
+    from study.sweep.plan import make_plan
+    from study.sweep.runner import failures
+
+    spec = smoke_spec(data_fractions=[1.0], freeze_depths=[0])
+    victim = make_plan(spec).by_stage("scratch")[0].unit_id
+    store = Store(str(tmp_path / "studies" / "smoke"))
+    # the unit fails on purpose: its checkpoint slot holds bytes that are no checkpoint
+    store.write_bytes(checkpoint_path(victim), b"not a checkpoint")
+    outcome = run_study(spec, str(tmp_path / "studies"))
+    assert outcome.failed == [victim] and outcome.done == 2
+    status = study_status(store.uri)
+    assert status.loc["scratch", "failed"] == 1 and status.loc["finetune", "done"] == 1
+    (marker,) = failures(store.uri)
+    assert marker["unit_id"] == victim and "cannot be read" in marker["error"]
+    assert len(trials(store)) == 1
+
+    store.delete_dir(f"checkpoints/{victim}")
+    again = run_study(spec, str(tmp_path / "studies"))
+    assert again.complete
+    assert_complete(store, spec)
