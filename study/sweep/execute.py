@@ -121,9 +121,10 @@ def _mark(store: Store, unit: Unit, state: str, **extra) -> None:
 def _load_checkpoint(store: Store, uid: str) -> dict | None:
     if not store.exists(checkpoint_path(uid)):
         return None
+    data = store.read_bytes(checkpoint_path(uid))  # a StorageError stays one
     try:
-        return load_state_bytes(store.read_bytes(checkpoint_path(uid)))
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        return load_state_bytes(data)
+    except Exception as e:  # torch.load raises many kinds (UnpicklingError, RuntimeError, ...)
         # No silent restart: a checkpoint that cannot be read is a fact the user must see.
         raise TrainingError(
             f"checkpoint {store.uri}/{checkpoint_path(uid)} cannot be read ({e}); "
