@@ -37,7 +37,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _finish(outcome, report_dir: Path | None) -> int:
     uri = outcome.store.uri
-    print(f"results: {uri}/results/trials ({outcome.done}/{outcome.planned} units done)")
+    print(
+        f"results: {uri}/results/trials ({outcome.trials_done}/{outcome.trials_planned} "
+        f"fine-tune/scratch rows) and {uri}/results/pretrain ({outcome.done - outcome.trials_done}"
+        f"/{outcome.planned - outcome.trials_planned} pretraining runs)"
+    )
     if outcome.failed:
         print(
             f"{len(outcome.failed)} units not done; `study status {uri}` lists failures, "

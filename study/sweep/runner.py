@@ -41,9 +41,11 @@ STALE_AFTER_S = 30 * 60
 @dataclass
 class StudyOutcome:
     store: Store
-    planned: int
+    planned: int  # every unit, pretraining included
     done: int
-    failed: list[str]
+    failed: list[str]  # ids of the planned units without a result
+    trials_planned: int = 0  # fine-tuning and from-scratch units (rows of results/trials)
+    trials_done: int = 0
 
     @property
     def complete(self) -> bool:
@@ -261,6 +263,18 @@ def _run_tune_chunk(units: list[Unit], store: Store, spec: Spec, env: dict, bar)
     tuner.fit()
 
 
+def _outcome(store: Store, plan: Plan, done: set[str]) -> StudyOutcome:
+    trials = [u.unit_id for u in plan.units if u.stage != "pretrain"]
+    return StudyOutcome(
+        store,
+        planned=len(plan.units),
+        done=len(done),
+        failed=[u.unit_id for u in plan.units if u.unit_id not in done],
+        trials_planned=len(trials),
+        trials_done=len(done.intersection(trials)),
+    )
+
+
 def _pretrain_progress(store: Store, units: list[Unit], epochs: int) -> str:
     """'pretraining pt-1234 epoch 3/12, ...' from the units' run markers."""
     parts = []
@@ -286,7 +300,7 @@ def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> Study
         f"{len(done)} already done, {len(pending)} to run"
     )
     if not pending:
-        return StudyOutcome(store, len(plan.units), len(done), [])
+        return _outcome(store, plan, done)
     prepare_datasets(
         store,
         [u.config.get("upstream") for u in plan.by_stage("pretrain")]
@@ -335,8 +349,7 @@ def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> Study
     finally:
         bar.close()
     done = done_ids(store, plan.units)
-    failed = [u.unit_id for u in plan.units if u.unit_id not in done]
-    return StudyOutcome(store, len(plan.units), len(done), failed)
+    return _outcome(store, plan, done)
 
 
 def run_study(
