@@ -1,0 +1,79 @@
+"""One unit in a plain process (no Ray): crash after an epoch, re-run resumes from there."""
+
+from __future__ import annotations
+
+import pytest
+
+from study.schema import checkpoint_path, run_marker_path, trial_path
+from study.store import Store
+from study.sweep.execute import run_finetune_unit, run_pretrain_worker
+from study.sweep.runner import init_study, prepare_datasets
+from tests.sweep._smoke import smoke_spec
+
+
+class Boom(Exception):
+    pass
+
+
+def _crash_at(epoch: int):
+    def report(record: dict) -> None:
+        if record["epoch"] == epoch:
+            raise Boom(f"crash after epoch {epoch}")
+
+    return report
+
+
+@pytest.fixture()
+def study(tmp_path, cache_dir):
+    spec = smoke_spec(data_fractions=[1.0], freeze_depths=[0], epochs=3, patience=10)
+    store = Store(str(tmp_path / "smoke"))
+    plan = init_study(store, spec)
+    prepare_datasets(store, ["synth_tiny"])
+    return store, plan
+
+
+def test_a_crashed_unit_resumes_from_its_last_epoch(study):
+    store, plan = study
+    pre = plan.by_stage("pretrain")[0]
+    with pytest.raises(Boom):
+        run_pretrain_worker(pre, store, {}, rank=0, world_size=1, report=_crash_at(1))
+    assert store.read_json(run_marker_path(pre.unit_id))["state"] == "failed"
+    assert store.exists(checkpoint_path(pre.unit_id))
+    run_pretrain_worker(pre, store, {}, rank=0, world_size=1)
+    assert not store.exists(checkpoint_path(pre.unit_id))
+
+    unit = plan.by_stage("finetune")[0]
+    seen = []
+    with pytest.raises(Boom):
+        run_finetune_unit(unit, store, {}, report=_crash_at(2))
+    assert not store.exists(trial_path(unit.unit_id))
+    row = run_finetune_unit(unit, store, {}, report=lambda r: seen.append(r["epoch"]))
+    assert seen == [3]  # epochs 1-2 came from the checkpoint, not trained again
+    assert row["epochs"] == 3
+    epochs = store.read_dataset("results/epochs").to_pandas()
+    mine = epochs[epochs.unit_id == unit.unit_id]
+    assert sorted(mine.epoch) == [1, 2, 3]
+    # a finished unit is never run again
+    assert run_finetune_unit(unit, store, {}) is None
+    assert store.read_json(run_marker_path(unit.unit_id))["state"] == "done"
+
+
+def test_fine_tuning_needs_its_pretrained_weights(study):
+    store, plan = study
+    unit = plan.by_stage("finetune")[0]
+    with pytest.raises(Exception, match="not in store"):
+        run_finetune_unit(unit, store, {})
+    assert store.read_json(run_marker_path(unit.unit_id))["state"] == "failed"
+
+
+def test_paired_arms_train_on_identical_records(study):
+    from study.sweep.execute import open_prepared
+
+    store, plan = study
+    ft, sc = plan.by_stage("finetune")[0], plan.by_stage("scratch")[0]
+    data = open_prepared(store, ft.config["downstream_key"])
+    a = data.train_subset(ft.config["data_fraction"], ft.config["repeat"])
+    b = data.train_subset(sc.config["data_fraction"], sc.config["repeat"])
+    assert (a == b).all()
+    test = set(data.split_indices("test"))
+    assert not test & set(a)
