@@ -74,19 +74,25 @@ def s3_server():
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local 2-CPU Ray on loopback, started once for the module."""
+def start_local_ray():
+    """A new 2-CPU Ray instance on loopback (never one left running on the machine)."""
     import ray
 
     ray.init(
-        address="local",  # our own instance, never a cluster left running on the machine
+        address="local",
         num_cpus=2,
         _node_ip_address="127.0.0.1",
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
     )
+    return ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """Ray started once for the module."""
+    ray = start_local_ray()
     try:
         yield ray
     finally:

@@ -145,6 +145,36 @@ def _fit_config(unit: Unit, device: str, batch_size: int | None = None) -> FitCo
     )
 
 
+def _train_seconds(result, resumed: bool, t0: float) -> float:
+    # After a resume, the seconds of the epochs run before the interruption count too.
+    return sum(h["seconds"] for h in result.history) if resumed else time.perf_counter() - t0
+
+
+def _common_fields(unit: Unit, result, train_seconds: float, env: dict, device: str) -> dict:
+    """The columns every result row shares: selection, timing, hardware, provenance."""
+    best = result.history[result.best_epoch - 1]
+    return {
+        "unit_id": unit.unit_id,
+        "val_macro_auroc": best["val_macro_auroc"],
+        "val_loss": best["val_loss"],
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs_run,
+        "train_seconds": train_seconds,
+        "hardware": hardware_string(device),
+        "code_version": env.get("code_version", ""),
+        "finished_at": datetime.now(UTC),
+        "config": json.dumps(unit.config, sort_keys=True),
+    }
+
+
+def _commit(store: Store, unit: Unit, row: dict, history: list[dict], rel: str, schema) -> None:
+    """Epochs first, the result row last (its presence means done), then tidy up."""
+    store.write_table(epochs_path(unit.unit_id), _epochs_table(unit.unit_id, history))
+    store.write_table(rel, pa.Table.from_pylist([row], schema=schema))
+    store.delete_dir(f"checkpoints/{unit.unit_id}")
+    _mark(store, unit, "done")
+
+
 def _epochs_table(uid: str, history: list[dict]) -> pa.Table:
     rows = [
         {"unit_id": uid, **{k: h.get(k) for k in EPOCHS_SCHEMA.names if k != "unit_id"}}
@@ -201,18 +231,14 @@ def run_finetune_unit(
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
         result = fit(model, train, val, _fit_config(unit, device), resume=resume, on_epoch=on_epoch)
-        # Seconds of the epochs run before an interruption count too.
-        train_seconds = (
-            sum(h["seconds"] for h in result.history) if resume else time.perf_counter() - t0
-        )
+        train_seconds = _train_seconds(result, resume is not None, t0)
         model.load_state_dict(result.best_state)
         p_val = predict(model, val[0], device=device)
         p_test = predict(model, test[0], device=device)
         thresholds = choose_thresholds(val[1], p_val)
         test_m = classification_metrics(test[1], p_test, thresholds)
-        best = result.history[result.best_epoch - 1]
         row = {
-            "unit_id": uid,
+            **_common_fields(unit, result, train_seconds, env, device),
             "architecture": c["architecture_label"],
             "init": "pretrained" if unit.stage == "finetune" else "scratch",
             "upstream": c.get("upstream"),
@@ -227,21 +253,9 @@ def run_finetune_unit(
             "n_val": len(val[1]),
             "n_test": len(test[1]),
             **{f"test_{k}": v for k, v in test_m.items()},
-            "val_macro_auroc": best["val_macro_auroc"],
-            "val_loss": best["val_loss"],
-            "best_epoch": result.best_epoch,
-            "epochs": result.epochs_run,
-            "train_seconds": train_seconds,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "hardware": hardware_string(device),
-            "code_version": env.get("code_version", ""),
-            "finished_at": datetime.now(UTC),
-            "config": json.dumps(c, sort_keys=True),
         }
-        store.write_table(epochs_path(uid), _epochs_table(uid, result.history))
-        store.write_table(trial_path(uid), pa.Table.from_pylist([row], schema=TRIALS_SCHEMA))
-        store.delete_dir(f"checkpoints/{uid}")
-        _mark(store, unit, "done")
+        _commit(store, unit, row, result.history, trial_path(uid), TRIALS_SCHEMA)
         return row
     except BaseException as e:
         _mark_ended(store, unit, e)
@@ -300,9 +314,7 @@ def run_pretrain_worker(
         )
         if rank != 0:
             return
-        train_seconds = (
-            sum(h["seconds"] for h in result.history) if resume else time.perf_counter() - t0
-        )
+        train_seconds = _train_seconds(result, resume is not None, t0)
         model.load_state_dict(result.best_state)
         store.write_bytes(weights_path(uid), state_to_bytes(model.state_dict()))
         store.write_json(
@@ -317,28 +329,15 @@ def run_pretrain_worker(
                 "unit": c,
             },
         )
-        best = result.history[result.best_epoch - 1]
         row = {
-            "unit_id": uid,
+            **_common_fields(unit, result, train_seconds, env, device),
             "architecture": c["architecture_label"],
             "upstream": c["upstream"],
             "pretrain_task": c["task"],
             "num_workers": world_size,
             "n_train": len(train_idx),
-            "val_macro_auroc": best["val_macro_auroc"],
-            "val_loss": best["val_loss"],
-            "best_epoch": result.best_epoch,
-            "epochs": result.epochs_run,
-            "train_seconds": train_seconds,
-            "hardware": hardware_string(device),
-            "code_version": env.get("code_version", ""),
-            "finished_at": datetime.now(UTC),
-            "config": json.dumps(c, sort_keys=True),
         }
-        store.write_table(epochs_path(uid), _epochs_table(uid, result.history))
-        store.write_table(pretrain_path(uid), pa.Table.from_pylist([row], schema=PRETRAIN_SCHEMA))
-        store.delete_dir(f"checkpoints/{uid}")
-        _mark(store, unit, "done")
+        _commit(store, unit, row, result.history, pretrain_path(uid), PRETRAIN_SCHEMA)
     except BaseException as e:
         if rank == 0:
             _mark_ended(store, unit, e)

@@ -8,22 +8,14 @@ import pytest
 from analysis import load_trials
 from study.store import Store
 from study.sweep.runner import run_study
+from tests.conftest import start_local_ray
 from tests.sweep._smoke import assert_complete, smoke_spec
 
 
 @pytest.fixture(scope="module")
 def s3_then_ray(s3_server):
     # Ray starts after the S3 variables are set, so its workers inherit them.
-    import ray
-
-    ray.init(
-        address="local",  # our own instance, never a cluster left running on the machine
-        num_cpus=2,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    ray = start_local_ray()
     try:
         yield s3_server
     finally:
