@@ -1,0 +1,144 @@
+"""The contract every real-dataset reader follows.
+
+A reader opens a dataset root as downloaded from its public source, checks the layout at
+once (a root that is not the expected layout fails, saying what was expected and what was
+found), lists its records with patient and labels, and reads one record's signal.
+
+Signals come back as float32 (leads, samples) in millivolts, at the record's own sampling
+rate, with lead names in the dataset's own order; resampling, lead selection and length
+fixing are preprocessing (study/data/preprocess.py), not the reader's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from study._registry import Registry
+from study.errors import DataError
+
+__all__ = ["Record", "Signal", "DatasetReader", "READERS", "BadRecord"]
+
+# Standard 12-lead names, in the conventional order; readers map their own spellings here.
+STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+class BadRecord(DataError):
+    """One record that cannot be used: missing, truncated, unreadable, flat, NaN, or not
+    what its header promises. The message names the record and the reason."""
+
+    def __init__(self, record_id: str, reason: str) -> None:
+        super().__init__(f"record {record_id}: {reason}")
+        self.record_id = record_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record as listed by a reader (no signal read yet)."""
+
+    record_id: str
+    patient_id: str  # the record id again where a dataset has no patient identifiers
+    labels: tuple[str, ...]  # in the reader's native label vocabulary (e.g. SNOMED codes)
+    fs: float  # sampling rate the header promises
+    n_samples: int | None = None  # as the header promises (None if unknown before reading)
+    lead_names: tuple[str, ...] = ()
+    fold: int | None = None  # official fold where the dataset has one (PTB-XL strat_fold)
+    meta: dict = field(default_factory=dict)  # age, sex, ... as given by the source
+
+
+@dataclass(frozen=True)
+class Signal:
+    data: np.ndarray  # float32 (leads, samples), millivolts
+    fs: float
+    lead_names: tuple[str, ...]
+
+
+class DatasetReader:
+    """Base class of the readers. Subclasses set the class attributes and implement
+    `_check_layout`, `records` and `read`.
+
+    Args:
+        root: the dataset's folder as downloaded.
+
+    Raises:
+        DataError: the folder is not the layout this reader expects (checked at once).
+    """
+
+    name: str = ""
+    source: str = ""  # where it comes from (URL of the PhysioNet page or publisher)
+    licence: str = ""
+    # The label sets the studies use: name -> ordered class names. The first is the default.
+    label_sets: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.name}: dataset root {self.root} is not a directory")
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        raise NotImplementedError
+
+    def records(self) -> list[Record]:
+        """Every record the dataset lists, in a stable order."""
+        raise NotImplementedError
+
+    def read(self, record: Record) -> Signal:
+        """The record's signal; raises BadRecord with the reason when it cannot be used."""
+        raise NotImplementedError
+
+    def classes_of(self, record: Record, label_set: str) -> set[str]:
+        """The classes of `label_set` that `record` has (its native labels mapped)."""
+        raise NotImplementedError
+
+    def label_matrix(self, records: list[Record], label_set: str | None = None) -> np.ndarray:
+        """Multi-hot uint8 (records, classes) of `label_set` (default: the first one).
+
+        Raises:
+            ConfigError: an unknown label set (the message lists this reader's sets).
+        """
+        label_set = label_set or next(iter(self.label_sets))
+        if label_set not in self.label_sets:
+            from study.errors import ConfigError
+
+            raise ConfigError(f"{self.name} has no label set {label_set!r}; "
+                              f"known: {', '.join(self.label_sets)}")
+        classes = self.label_sets[label_set]
+        index = {c: i for i, c in enumerate(classes)}
+        out = np.zeros((len(records), len(classes)), dtype=np.uint8)
+        for r, rec in enumerate(records):
+            for c in self.classes_of(rec, label_set):
+                out[r, index[c]] = 1
+        return out
+
+
+READERS: Registry = Registry("dataset reader")
+
+
+def check_signal(record_id: str, sig: Signal, expect_fs: float | None = None,
+                 expect_leads: tuple[str, ...] | None = None,
+                 expect_samples: int | None = None) -> Signal:
+    """The shared bad-record checks: shape, NaN/inf, flat, and header promises.
+
+    Raises:
+        BadRecord: naming the record and the reason.
+    """
+    x = sig.data
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise BadRecord(record_id, f"signal shape {x.shape} is not (leads, samples)")
+    if not np.isfinite(x).all():
+        raise BadRecord(record_id, f"{int((~np.isfinite(x)).sum())} NaN or infinite samples")
+    if expect_fs is not None and abs(sig.fs - expect_fs) > 1e-6:
+        raise BadRecord(record_id, f"sampling rate {sig.fs} Hz, header promises {expect_fs} Hz")
+    if expect_leads and tuple(sig.lead_names) != tuple(expect_leads):
+        raise BadRecord(record_id, f"leads {list(sig.lead_names)}, expected {list(expect_leads)}")
+    if expect_samples is not None and x.shape[1] != expect_samples:
+        raise BadRecord(record_id, f"{x.shape[1]} samples, header promises {expect_samples}"
+                        " (truncated?)")
+    flat = np.ptp(x, axis=1) < 1e-6
+    if flat.all():
+        raise BadRecord(record_id, "every lead is flat (constant)")
+    return sig
