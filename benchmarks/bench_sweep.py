@@ -32,17 +32,25 @@ def main() -> None:
     from study.sweep.spec import parse_spec
 
     torch.set_num_threads(1)
-    spec = parse_spec({
-        "name": "bench", "architectures": [{"name": "resnet1d18", "options": {"base_width": 4}}],
-        "upstream": [], "downstream": ["synth_tiny"],
-        "finetune": {"data_fractions": [1.0], "repeats": args.units, "epochs": 1,
-                     "batch_size": 16},
-    })
+    spec = parse_spec(
+        {
+            "name": "bench",
+            "architectures": [{"name": "resnet1d18", "options": {"base_width": 4}}],
+            "upstream": [],
+            "downstream": ["synth_tiny"],
+            "finetune": {
+                "data_fractions": [1.0],
+                "repeats": args.units,
+                "epochs": 1,
+                "batch_size": 16,
+            },
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ECG_STUDY_CACHE"] = f"{tmp}/cache"
         store = Store(f"{tmp}/inproc/bench")
         plan = init_study(store, spec)
-        prepare_datasets(store, ["synth_tiny"])
+        prepare_datasets(store, spec)
         t0 = time.perf_counter()
         for u in plan.units:
             run_finetune_unit(u, store, {"code_version": "bench"})
@@ -50,11 +58,16 @@ def main() -> None:
 
         import ray
 
-        ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1",
-                 include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+        )
         store2 = Store(f"{tmp}/tune/bench")
         init_study(store2, spec)
-        prepare_datasets(store2, ["synth_tiny"])  # both arms start with data prepared
+        prepare_datasets(store2, spec)  # both arms start with data prepared
         t0 = time.perf_counter()
         outcome = run_study(spec, f"{tmp}/tune")
         tune_s = time.perf_counter() - t0

@@ -99,6 +99,92 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from study.data import list_datasets
+    from study.data._sources import is_synthetic
+    from study.data.readers import READERS
+
+    for name in list_datasets():
+        if is_synthetic(name):
+            print(f"{name:<14} synthetic (built in)")
+            continue
+        reader = READERS.get(name)
+        sets = ", ".join(reader.label_sets) or "-"
+        print(f"{name:<14} real; label sets: {sets}; {reader.source} ({reader.licence})")
+    return 0
+
+
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from study.data.download import download
+
+    report = download(args.name, Path(args.dest), base_url=args.base_url, include=args.include)
+    print(report)
+    print(f"next: study data prepare {args.name} --source {args.dest}")
+    return 0
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise StudyError(f"--option takes KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    import yaml
+    from pydantic import ValidationError
+
+    from study.data import prepare
+    from study.data.config import DatasetConfig
+    from study.errors import ConfigError
+
+    pre = {
+        k: v
+        for k, v in {
+            "fs": args.fs,
+            "length": args.length,
+            "normalize": args.normalize,
+            "leads": args.leads.split(",") if args.leads else None,
+            "bandpass": tuple(args.bandpass) if args.bandpass else None,
+        }.items()
+        if v is not None
+    }
+    try:
+        config = DatasetConfig(
+            source=args.source,
+            label_set=args.label_set,
+            options=_parse_options(args.option),
+            preprocessing=pre,
+            on_bad_record=args.on_bad_record,
+        )
+    except ValidationError as e:
+        raise ConfigError(f"invalid preparation options: {e}") from None
+    path = prepare(args.name, Path(args.cache) if args.cache else None, config, progress=True)
+    meta = json.loads((path / "meta.json").read_text())
+    report = meta.get("report", {})
+    print(
+        f"prepared {args.name}: {meta['n_records']} records of {meta['n_patients']} patients "
+        f"-> {path}"
+    )
+    print(f"  classes ({report.get('label_set', '-')}): {', '.join(meta['classes'])}")
+    print(f"  splits: {meta['split_counts']} ({meta['split_rule']})")
+    if report:
+        print(
+            f"  listed {report['records_listed']}, dropped without a label "
+            f"{report['unlabelled_dropped']}, bad {len(report['bad_records'])}: "
+            f"{report['bad_reasons']} (each listed in {path / 'meta.json'})"
+        )
+    print("spec entry (datasets:):")
+    entry = {args.name: config.model_dump(mode="json", exclude_defaults=True)}
+    print("  " + yaml.safe_dump(entry, sort_keys=False).replace("\n", "\n  ").rstrip())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="study", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -141,6 +227,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("study")
     s.add_argument("--show-failures", type=int, default=10, help="failures to list (default 10)")
     s.set_defaults(fn=_cmd_status)
+
+    data = sub.add_parser("data", help="list, download and prepare datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("list", help="every dataset a spec can name")
+    d.set_defaults(fn=_cmd_data_list)
+    d = dsub.add_parser("download", help="fetch a dataset from its public source")
+    d.add_argument("name")
+    d.add_argument("dest")
+    d.add_argument("--base-url", default=None, help="a mirror of the source")
+    d.add_argument("--include", default=None, help="only files matching this glob")
+    d.set_defaults(fn=_cmd_data_download)
+    d = dsub.add_parser("prepare", help="prepare a dataset once into the cache")
+    d.add_argument("name")
+    d.add_argument("--source", default=None, help="the downloaded dataset's folder")
+    d.add_argument("--label-set", default=None)
+    d.add_argument("--fs", type=float, default=None, help="resample to this rate (Hz)")
+    d.add_argument("--length", type=int, default=None, help="crop or pad to this many samples")
+    d.add_argument("--leads", default=None, help="comma-separated lead names, in order")
+    d.add_argument("--normalize", choices=["zscore", "minmax"], default=None)
+    d.add_argument("--bandpass", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
+    d.add_argument("--on-bad-record", choices=["skip", "fail"], default="skip")
+    d.add_argument("--option", action="append", default=[], help="reader option KEY=VALUE")
+    d.add_argument("--cache", default=None, help="cache folder (default ~/.cache/ecg-study)")
+    d.set_defaults(fn=_cmd_data_prepare)
 
     s = sub.add_parser("report", help="figures and tables from the stored results")
     s.add_argument("study")

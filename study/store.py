@@ -79,8 +79,11 @@ class Store:
     """
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri.rstrip("/") if uri.startswith("s3://") else str(Path(uri).expanduser())
         self.fs, self.root = filesystem_for(uri)
+        # A local store is always named by its absolute path: Ray workers run in other
+        # working directories (Tune moves each trial into its own), so "studies/x" would
+        # name a different folder there.
+        self.uri = uri.rstrip("/") if uri.startswith("s3://") else self.root
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def __repr__(self) -> str:

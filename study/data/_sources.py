@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from study._registry import Registry
-from study.errors import DataError
+from study.errors import ConfigError, DataError
 
 __all__ = ["RawDataset", "DATASETS", "load_raw", "source_version", "list_datasets"]
 
@@ -24,6 +24,8 @@ class RawDataset:
     classes: tuple[str, ...]
     lead_names: tuple[str, ...]
     fs: float
+    folds: np.ndarray | None = None  # official folds 1..10 where the dataset has them
+    report: dict | None = None  # what preparation dropped and why (real datasets)
 
     def __post_init__(self) -> None:
         n = len(self.signals)
@@ -57,9 +59,16 @@ DATASETS: Registry = Registry("dataset")
 
 
 def list_datasets() -> list[str]:
-    """Names of every dataset a spec may use."""
+    """Names of every dataset a spec may use: the synthetic domains and the real readers."""
+    from study.data.readers import READERS
+
     _register_builtin()
-    return DATASETS.names()
+    return sorted(set(DATASETS.names()) | set(READERS.names()))
+
+
+def is_synthetic(name: str) -> bool:
+    _register_builtin()
+    return name in DATASETS
 
 
 def _source(name: str) -> DatasetSource:
@@ -72,7 +81,15 @@ def load_raw(name: str) -> RawDataset:
 
 
 def source_version(name: str) -> str:
-    return _source(name).version
+    """The version of a dataset's source that enters its cache key."""
+    if is_synthetic(name):
+        return _source(name).version
+    from study.data.readers import READERS
+
+    if name not in READERS:
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+    reader = READERS.get(name)
+    return f"reader-{reader.name or name}-{getattr(reader, 'version', '1')}"
 
 
 _registered = False

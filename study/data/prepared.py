@@ -22,7 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.data._sources import RawDataset, load_raw, source_version
+from study.data._sources import (
+    RawDataset,
+    is_synthetic,
+    load_raw,
+    source_version,
+)
+from study.data.config import DatasetConfig
 from study.data.splits import SPLIT_OF_FOLD, assign_folds, nested_subset
 from study.errors import DataError
 
@@ -37,10 +43,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ECG_STUDY_CACHE", "~/.cache/ecg-study")).expanduser()
 
 
-def prepared_key(name: str) -> str:
-    """The cache key of a dataset: its name plus a hash of everything that shapes the cache."""
+def prepared_key(name: str, config: DatasetConfig | None = None) -> str:
+    """The cache key of a dataset: its name plus a hash of everything that shapes the cache
+    (source version, label set, reader options, preprocessing, bad-record policy, format)."""
+    config = config or DatasetConfig()
     ident = json.dumps(
-        {"name": name, "source": source_version(name), "format": CACHE_FORMAT}, sort_keys=True
+        {
+            "name": name,
+            "source": source_version(name),
+            "format": CACHE_FORMAT,
+            "config": config.key_fields(),
+        },
+        sort_keys=True,
     )
     return f"{name}-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
 
@@ -50,22 +64,32 @@ def _split_seed(name: str) -> int:
     return int(hashlib.sha256(f"split:{name}".encode()).hexdigest()[:8], 16)
 
 
-def prepare(name: str, cache_dir: Path | None = None) -> Path:
+def prepare(
+    name: str,
+    cache_dir: Path | None = None,
+    config: DatasetConfig | None = None,
+    progress: bool = False,
+) -> Path:
     """Prepare dataset `name` into `cache_dir` once; return its folder.
 
     The folder is built under a temporary name and renamed into place, so a crash never
     leaves a half-prepared cache that a later run would trust, and two processes preparing
     the same dataset at once both end with the same complete folder.
+
+    Raises:
+        ConfigError: an unknown dataset, or a real dataset without `config.source`.
+        DataError: see `study.data.real.read_real`.
     """
+    config = config or DatasetConfig()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dest = cache_dir / prepared_key(name)
+    dest = cache_dir / prepared_key(name, config)
     if (dest / "meta.json").exists():
         return dest
-    raw = load_raw(name)
+    raw = _load(name, config, progress)
     tmp = cache_dir / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
     try:
-        _write(raw, name, tmp)
+        _write(raw, name, tmp, config)
         try:
             os.rename(tmp, dest)
         except OSError:
@@ -76,8 +100,48 @@ def prepare(name: str, cache_dir: Path | None = None) -> Path:
     return dest
 
 
-def _write(raw: RawDataset, name: str, out: Path) -> None:
-    folds = assign_folds(raw.labels, raw.patient_id, _split_seed(name))
+def _load(name: str, config: DatasetConfig, progress: bool) -> RawDataset:
+    if not is_synthetic(name):
+        from study.data.real import read_real
+
+        return read_real(name, config, progress=progress)
+    raw = load_raw(name)
+    if config.source is not None or config.label_set is not None or config.options:
+        from study.errors import ConfigError
+
+        raise ConfigError(f"{name} is synthetic: it takes no source, label_set or options")
+    if config.preprocessing.is_identity:
+        return raw
+    from study.data.preprocess import Preprocessing
+    from study.data.readers import Signal
+
+    p = config.preprocessing
+    pre = Preprocessing(
+        fs=p.fs,
+        leads=tuple(p.leads) if p.leads else None,
+        length=p.length,
+        crop=p.crop,
+        pad=p.pad,
+        normalize=p.normalize,
+        bandpass=tuple(p.bandpass) if p.bandpass else None,
+    )
+    out = np.stack([pre.apply(Signal(x, raw.fs, raw.lead_names)) for x in raw.signals])
+    return RawDataset(
+        out,
+        raw.labels,
+        raw.patient_id,
+        raw.record_id,
+        raw.classes,
+        pre.leads or raw.lead_names,
+        pre.fs or raw.fs,
+    )
+
+
+def _write(raw: RawDataset, name: str, out: Path, config: DatasetConfig) -> None:
+    if raw.folds is not None:
+        folds = raw.folds  # the dataset's official folds (PTB-XL strat_fold)
+    else:
+        folds = assign_folds(raw.labels, raw.patient_id, _split_seed(name))
     np.save(out / "signals.npy", np.ascontiguousarray(raw.signals, dtype=np.float32))
     np.save(out / "labels.npy", raw.labels.astype(np.uint8))
     names = np.array(raw.classes, dtype=object)
@@ -93,13 +157,17 @@ def _write(raw: RawDataset, name: str, out: Path) -> None:
     table.to_parquet(out / "records.parquet", index=False)
     meta = {
         "name": name,
-        "key": prepared_key(name),
+        "key": prepared_key(name, config),
+        "config": config.model_dump(mode="json"),
+        "report": raw.report or {},
         "classes": list(raw.classes),
         "lead_names": list(raw.lead_names),
         "fs": raw.fs,
         "n_records": int(len(table)),
         "n_patients": int(table.patient_id.nunique()),
-        "split_rule": "StratifiedGroupKFold(10) by patient on the rarest label; 1-8/9/10",
+        "split_rule": "official folds; 1-8/9/10"
+        if raw.folds is not None
+        else "StratifiedGroupKFold(10) by patient on the rarest label; 1-8/9/10",
         "split_counts": table.split.value_counts().to_dict(),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -128,7 +128,7 @@ def make_plan(spec: Spec) -> Plan:
                 **arch_cfg,
                 "stage": "pretrain",
                 "upstream": up,
-                "upstream_key": prepared_key(up),
+                "upstream_key": prepared_key(up, spec.dataset_config(up)),
                 "task": spec.pretrain.task,
                 "seed": spec.seed,
                 "num_workers": spec.pretrain.num_workers,
@@ -148,7 +148,7 @@ def make_plan(spec: Spec) -> Plan:
             base = {
                 **arch_cfg,
                 "downstream": down,
-                "downstream_key": prepared_key(down),
+                "downstream_key": prepared_key(down, spec.dataset_config(down)),
                 "train": _train_cfg(spec.finetune),
             }
             for frac in spec.finetune.data_fractions:

@@ -116,19 +116,21 @@ def done_ids(store: Store, units: Iterable[Unit]) -> set[str]:
     return {u.unit_id for u in units if u.unit_id in present}
 
 
-def prepare_datasets(store: Store, names: Iterable[str]) -> None:
-    """Prepare each dataset once into the store (meta.json last: it marks completeness)."""
-    for name in sorted(set(names)):
-        key = prepared_key(name)
+def prepare_datasets(store: Store, spec: Spec) -> None:
+    """Prepare each dataset of the study once into the store (meta.json last: it marks a
+    complete copy). Real datasets are read from their source folder on this machine."""
+    for name in sorted(set(spec.upstream) | set(spec.downstream)):
+        config = spec.dataset_config(name)
+        key = prepared_key(name, config)
         if store.exists(f"prepared/{key}/meta.json"):
             continue
         _log(f"preparing dataset {name} ({key})")
         if store.is_local:
-            prepare(name, cache_dir=Path(store.path("prepared")))
+            prepare(name, cache_dir=Path(store.path("prepared")), config=config, progress=True)
             continue
         from study.data.prepared import default_cache_dir
 
-        local = prepare(name, cache_dir=default_cache_dir())
+        local = prepare(name, cache_dir=default_cache_dir(), config=config, progress=True)
         for p in sorted(local.iterdir(), key=lambda p: p.name == "meta.json"):
             store.write_bytes(f"prepared/{key}/{p.name}", p.read_bytes())
 
@@ -301,11 +303,7 @@ def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> Study
     )
     if not pending:
         return _outcome(store, plan, done)
-    prepare_datasets(
-        store,
-        [u.config.get("upstream") for u in plan.by_stage("pretrain")]
-        + [u.config["downstream"] for u in plan.units if u.stage != "pretrain"],
-    )
+    prepare_datasets(store, spec)
     ensure_ray(address)
     bar = tqdm(
         total=len(pending),

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from study.data.config import DatasetConfig
 from study.errors import ConfigError
 
 __all__ = ["Spec", "ArchitectureSpec", "load_spec", "parse_spec", "spec_to_yaml"]
@@ -128,6 +129,9 @@ class Spec(_Strict):
     upstream: list[str]
     downstream: list[str]
     allow_self_pairs: bool = False  # see plan.py: a dataset as its own upstream
+    # How each dataset is prepared (source folder, label set, preprocessing); a real dataset
+    # needs at least its source, a synthetic one needs no entry.
+    datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
     pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
@@ -164,10 +168,38 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> Spec:
+        from study.data._sources import is_synthetic
+        from study.data.readers import READERS
         from study.models import model_info
 
         if not self.downstream:
             raise ValueError("downstream: needs at least one dataset")
+        used = set(self.upstream) | set(self.downstream)
+        for name in sorted(set(self.datasets) - used):
+            raise ValueError(
+                f"datasets.{name}: not an upstream or downstream dataset of this "
+                f"study (used: {', '.join(sorted(used))})"
+            )
+        for name in sorted(used):
+            cfg = self.dataset_config(name)
+            if is_synthetic(name):
+                if cfg.source or cfg.label_set or cfg.options:
+                    raise ValueError(
+                        f"datasets.{name}: a synthetic dataset takes no source, "
+                        "label_set or options"
+                    )
+                continue
+            if cfg.source is None:
+                raise ValueError(
+                    f"datasets.{name}.source: {name} is a real dataset; give the "
+                    f"folder it was downloaded to (`study data download {name} DIR`)"
+                )
+            sets = READERS.get(name).label_sets
+            if cfg.label_set is not None and sets and cfg.label_set not in sets:
+                raise ValueError(
+                    f"datasets.{name}.label_set: unknown label set "
+                    f"{cfg.label_set!r}; known: {', '.join(sets)}"
+                )
         for arch in self.architectures:
             try:
                 max_depth = model_info(arch.name, **arch.options)["max_freeze_depth"]
@@ -180,6 +212,10 @@ class Spec(_Strict):
                         f"for {arch.name}, got {d}"
                     )
         return self
+
+    def dataset_config(self, name: str) -> DatasetConfig:
+        """How dataset `name` is prepared (the defaults when the spec says nothing)."""
+        return self.datasets.get(name, DatasetConfig())
 
     def freeze_depths_for(self, arch: ArchitectureSpec) -> list[int]:
         """The resolved freeze depths of `arch` ("all" = every stage: a linear probe)."""

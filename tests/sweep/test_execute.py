@@ -28,7 +28,7 @@ def study(tmp_path, cache_dir):
     spec = smoke_spec(data_fractions=[1.0], freeze_depths=[0], epochs=3, patience=10)
     store = Store(str(tmp_path / "smoke"))
     plan = init_study(store, spec)
-    prepare_datasets(store, ["synth_tiny"])
+    prepare_datasets(store, spec)
     return store, plan
 
 
@@ -77,3 +77,14 @@ def test_paired_arms_train_on_identical_records(study):
     assert (a == b).all()
     test = set(data.split_indices("test"))
     assert not test & set(a)
+
+
+def test_a_relative_store_path_names_the_same_folder_from_any_working_directory(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    store = Store("studies/x")
+    store.write_json("a.json", {"k": 1})
+    monkeypatch.chdir("/")
+    assert Store(store.uri).read_json("a.json") == {"k": 1}
+    assert store.uri == str(tmp_path / "studies" / "x")

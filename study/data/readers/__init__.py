@@ -10,5 +10,12 @@ from study.data.readers._base import (
     check_signal,
 )
 
-__all__ = ["READERS", "STANDARD_LEADS", "BadRecord", "DatasetReader", "Record", "Signal",
-           "check_signal"]
+__all__ = [
+    "READERS",
+    "STANDARD_LEADS",
+    "BadRecord",
+    "DatasetReader",
+    "Record",
+    "Signal",
+    "check_signal",
+]

@@ -68,6 +68,7 @@ class DatasetReader:
     """
 
     name: str = ""
+    version: str = "1"  # bump when what the reader returns changes: it is in the cache key
     source: str = ""  # where it comes from (URL of the PhysioNet page or publisher)
     licence: str = ""
     # The label sets the studies use: name -> ordered class names. The first is the default.
@@ -104,8 +105,9 @@ class DatasetReader:
         if label_set not in self.label_sets:
             from study.errors import ConfigError
 
-            raise ConfigError(f"{self.name} has no label set {label_set!r}; "
-                              f"known: {', '.join(self.label_sets)}")
+            raise ConfigError(
+                f"{self.name} has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
+            )
         classes = self.label_sets[label_set]
         index = {c: i for i, c in enumerate(classes)}
         out = np.zeros((len(records), len(classes)), dtype=np.uint8)
@@ -118,9 +120,13 @@ class DatasetReader:
 READERS: Registry = Registry("dataset reader")
 
 
-def check_signal(record_id: str, sig: Signal, expect_fs: float | None = None,
-                 expect_leads: tuple[str, ...] | None = None,
-                 expect_samples: int | None = None) -> Signal:
+def check_signal(
+    record_id: str,
+    sig: Signal,
+    expect_fs: float | None = None,
+    expect_leads: tuple[str, ...] | None = None,
+    expect_samples: int | None = None,
+) -> Signal:
     """The shared bad-record checks: shape, NaN/inf, flat, and header promises.
 
     Raises:
@@ -136,8 +142,9 @@ def check_signal(record_id: str, sig: Signal, expect_fs: float | None = None,
     if expect_leads and tuple(sig.lead_names) != tuple(expect_leads):
         raise BadRecord(record_id, f"leads {list(sig.lead_names)}, expected {list(expect_leads)}")
     if expect_samples is not None and x.shape[1] != expect_samples:
-        raise BadRecord(record_id, f"{x.shape[1]} samples, header promises {expect_samples}"
-                        " (truncated?)")
+        raise BadRecord(
+            record_id, f"{x.shape[1]} samples, header promises {expect_samples} (truncated?)"
+        )
     flat = np.ptp(x, axis=1) < 1e-6
     if flat.all():
         raise BadRecord(record_id, "every lead is flat (constant)")
