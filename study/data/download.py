@@ -33,14 +33,14 @@ from tqdm import tqdm
 
 from study.errors import ConfigError, DataError, StorageError
 
-__all__ = ["DownloadSource", "DownloadReport", "SOURCES", "download"]
+__all__ = ["DownloadSource", "DownloadReport", "SOURCES", "download", "parse_manifest"]
 
 log = logging.getLogger(__name__)
 
 RETRIES = 4  # transient failures retried per request; 5 tries span ~7.5 s of backoff
 BACKOFF_S = 0.5  # first wait; doubles each retry
 TIMEOUT_S = (10.0, 60.0)  # (connect, read): a stalled read is a transient error, not a hang
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 16  # also how much of a cut-off transfer may be lost
 VERIFIED_INDEX = ".download-verified.json"  # in dest: files already hashed, by size and mtime
 
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -156,7 +156,7 @@ class DownloadReport:
         files: how many files the manifest (after `include`) selects.
         downloaded: files fetched this run.
         skipped: files already present (and, where checksums exist, verified).
-        bytes_downloaded: bytes received over the network, retries included.
+        bytes_downloaded: file bytes received over the network, retries included.
         seconds: wall time of the call.
         verified: whether every file was checked against a published SHA-256.
     """
@@ -169,6 +169,9 @@ class DownloadReport:
     bytes_downloaded: int
     seconds: float
     verified: bool
+
+    def __str__(self) -> str:
+        return self.summary()
 
     def summary(self) -> str:
         """One line for a log or a CLI."""
@@ -240,7 +243,10 @@ def download(
             fetcher.on_bytes = bar.update
             try:
                 outcomes = _run_all(
-                    paths, workers, lambda rel: _ensure(rel, expected[rel], dest, fetcher, index)
+                    paths,
+                    workers,
+                    lambda rel: _ensure(rel, expected[rel], dest, fetcher, index),
+                    lambda done: bar.set_postfix_str(f"{done}/{len(paths)} files", refresh=False),
                 )
             finally:
                 index.save()  # what was verified stays verified, even when a file failed
@@ -499,12 +505,21 @@ class _VerifiedIndex:
                 self._dirty = False
 
 
-def _run_all(paths: list[str], workers: int, job: Callable[[str], bool]) -> list[bool]:
+def _run_all(
+    paths: list[str],
+    workers: int,
+    job: Callable[[str], bool],
+    on_done: Callable[[int], object],
+) -> list[bool]:
     """Run `job` on every path; on the first error cancel what has not started, re-raise."""
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download")
     futures: list[Future[bool]] = [pool.submit(job, p) for p in paths]
+    results: list[bool] = []
     try:
-        return [f.result() for f in as_completed(futures)]
+        for f in as_completed(futures):
+            results.append(f.result())
+            on_done(len(results))
+        return results
     except BaseException:
         for f in futures:
             f.cancel()

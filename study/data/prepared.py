@@ -29,7 +29,7 @@ from study.data._sources import (
     source_version,
 )
 from study.data.config import DatasetConfig
-from study.data.splits import SPLIT_OF_FOLD, assign_folds, nested_subset
+from study.data.splits import SPLIT_OF_FOLD, assign_folds, nested_subset, split_rule
 from study.errors import DataError
 
 __all__ = ["PreparedDataset", "prepare", "prepared_key", "default_cache_dir"]
@@ -125,7 +125,12 @@ def _load(name: str, config: DatasetConfig, progress: bool) -> RawDataset:
         normalize=p.normalize,
         bandpass=tuple(p.bandpass) if p.bandpass else None,
     )
-    out = np.stack([pre.apply(Signal(x, raw.fs, raw.lead_names)) for x in raw.signals])
+    out = np.stack(
+        [
+            pre.apply(Signal(x, raw.fs, raw.lead_names), record_id=str(rid))
+            for x, rid in zip(raw.signals, raw.record_id, strict=True)
+        ]
+    )
     return RawDataset(
         out,
         raw.labels,
@@ -167,7 +172,7 @@ def _write(raw: RawDataset, name: str, out: Path, config: DatasetConfig) -> None
         "n_patients": int(table.patient_id.nunique()),
         "split_rule": "official folds; 1-8/9/10"
         if raw.folds is not None
-        else "StratifiedGroupKFold(10) by patient on the rarest label; 1-8/9/10",
+        else split_rule(raw.labels),
         "split_counts": table.split.value_counts().to_dict(),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

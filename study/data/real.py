@@ -44,6 +44,11 @@ def read_real(name: str, config: DatasetConfig, progress: bool = True) -> RawDat
 
     reader = open_reader(name, config)
     records = reader.records()
+    if not reader.label_sets:
+        raise ConfigError(
+            f"{name} has no record-level label sets (its labels are per frame: a pretext "
+            "task's); it cannot be prepared as a classification dataset"
+        )
     label_set = config.label_set or next(iter(reader.label_sets))
     labels = reader.label_matrix(records, label_set)
     classes = tuple(reader.label_sets[label_set])
@@ -73,12 +78,18 @@ def read_real(name: str, config: DatasetConfig, progress: bool = True) -> RawDat
             mininterval=2,
         )
     ):
+        problem = rec.meta.get("problem") or rec.meta.get("header_error")
+        if problem:  # found while listing (malformed labels, missing file): a bad record
+            if config.on_bad_record == "fail":
+                raise BadRecord(rec.record_id, str(problem))
+            bad.append({"record_id": rec.record_id, "reason": str(problem)})
+            continue
         if config.drop_unlabelled and labels[i].sum() == 0:
             unlabelled += 1
             continue
         try:
             sig = reader.read(rec)
-            x = pre.apply(sig)
+            x = pre.apply(sig, record_id=rec.record_id)
         except BadRecord as e:
             if config.on_bad_record == "fail":
                 raise

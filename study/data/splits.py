@@ -14,7 +14,14 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from study.errors import DataError
 
-__all__ = ["N_FOLDS", "SPLIT_OF_FOLD", "assign_folds", "primary_label", "nested_subset"]
+__all__ = [
+    "N_FOLDS",
+    "SPLIT_OF_FOLD",
+    "assign_folds",
+    "primary_label",
+    "nested_subset",
+    "split_rule",
+]
 
 # Ten patient-disjoint folds, used as PTB-XL uses its strat_fold: 1-8 train, 9 val, 10 test.
 N_FOLDS = 10
@@ -57,6 +64,12 @@ def assign_folds(labels: np.ndarray, patient_id: np.ndarray, seed: int) -> np.nd
     if n_patients < N_FOLDS:
         raise DataError(f"a patient-level split needs >= {N_FOLDS} patients, got {n_patients}")
     y = primary_label(labels)
+    if np.bincount(y).max() < N_FOLDS:
+        # No class has a member per fold, so stratification is impossible (sklearn refuses):
+        # deal the patients, shuffled by the seed, round-robin into the folds.
+        patients = np.random.default_rng(seed).permutation(np.unique(patient_id))
+        fold_of = {p: i % N_FOLDS + 1 for i, p in enumerate(patients)}
+        return np.array([fold_of[p] for p in patient_id], dtype=np.int8)
     # StratifiedGroupKFold needs each class to have >= n_splits members to stratify well; it
     # still keeps groups disjoint when a class is rarer, which is the property that matters.
     cv = StratifiedGroupKFold(n_splits=N_FOLDS, shuffle=True, random_state=seed)
@@ -64,6 +77,13 @@ def assign_folds(labels: np.ndarray, patient_id: np.ndarray, seed: int) -> np.nd
     for k, (_, test_idx) in enumerate(cv.split(np.zeros(len(y)), y, groups=patient_id)):
         folds[test_idx] = k + 1
     return folds
+
+
+def split_rule(labels: np.ndarray) -> str:
+    """How `assign_folds` splits a dataset with these labels, in words (kept in meta.json)."""
+    if np.bincount(primary_label(labels)).max() < N_FOLDS:
+        return "patients dealt at random into 10 folds (too few per class to stratify); 1-8/9/10"
+    return "StratifiedGroupKFold(10) by patient on the rarest label; 1-8/9/10"
 
 
 def nested_subset(

@@ -1,0 +1,178 @@
+"""PhysioNet/CinC Challenge 2017 (AF classification from a short single-lead ECG): 8,528
+AliveCor recordings of 9-61 s at 300 Hz, labelled N (normal), A (AF), O (other rhythm) or
+~ (too noisy).
+
+Layout of the root::
+
+    REFERENCE.csv          no header; one row per record: A00001,N
+    training/A00001.hea    WFDB header: "A00001.mat 16+24 1000/mV 16 0 ... ECG"
+    training/A00001.mat    MATLAB v4 file, variable `val` (the WFDB signal after 24 bytes)
+
+PhysioNet's own tree keeps the records in training/A00/ ... training/A08/ and the final
+labels in REFERENCE-v3.csv at the top; both work: records are looked up in training/ and one
+folder below it, and `reference` names the label file to use. The recordings carry no patient
+identifiers, so `patient_id` is the record id (a patient may have several records).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from study.data.readers._base import (
+    READERS,
+    BadRecord,
+    DatasetReader,
+    Record,
+    Signal,
+    check_signal,
+)
+from study.data.readers.ptbxl import list_folder, read_wfdb
+from study.errors import ConfigError, DataError
+
+__all__ = ["Cinc2017Reader"]
+
+FS = 300.0
+LEADS = ("ECG",)  # the single AliveCor lead, named as in the headers
+CLASSES = ("N", "A", "O", "~")
+
+
+@READERS.register(name="cinc2017")
+class Cinc2017Reader(DatasetReader):
+    """CinC 2017: one record per row of the reference file, one-hot N / A / O / ~.
+
+    Records come in the reference file's order with `labels` the reference's letter and
+    `meta["file"]` the header's path under the root. A row whose record is not on disk, or
+    whose letter is not one of N, A, O, ~, is still listed with the reason in
+    `meta["problem"]` (no labels for an unknown letter); `read` raises BadRecord with it, and
+    `listing_problems` holds one BadRecord per such row after `records()`.
+
+    Args:
+        root: the dataset folder.
+        reference: the label file, relative to the root (e.g. "REFERENCE-v3.csv").
+        records_dir: the folder of the records, relative to the root.
+
+    Raises:
+        DataError: no records folder, no reference file (never an empty reader), or a
+            reference file that is empty, has rows that are not `record,letter`, or lists
+            a record twice.
+    """
+
+    name = "cinc2017"
+    source = "https://physionet.org/content/challenge-2017/1.0.0/"
+    licence = "ODC-By-1.0"
+    label_sets = {"cinc2017": CLASSES}
+
+    def __init__(
+        self, root: str | Path, reference: str = "REFERENCE.csv", records_dir: str = "training"
+    ) -> None:
+        self.reference = str(reference)
+        self.records_dir = str(records_dir)
+        self.listing_problems: list[BadRecord] = []
+        super().__init__(root)
+
+    def _check_layout(self) -> None:
+        folder = self.root / self.records_dir
+        if not folder.is_dir():
+            raise DataError(
+                f"cinc2017: {self.root} is not a CinC 2017 folder: expected {self.records_dir}/ "
+                f"with A00001.hea/.mat ... and {self.reference}; found {list_folder(self.root)}"
+            )
+        path = self.root / self.reference
+        if not path.is_file():
+            found = sorted(
+                str(p.relative_to(self.root))
+                for p in [*self.root.glob("*.csv"), *folder.glob("*.csv")]
+            )
+            raise DataError(
+                f"cinc2017: the labels file {path} is missing (rows 'A00001,N', no header); "
+                f"CSV files found: {found or 'none'}; pass reference=<path relative to the "
+                f"root> to use another"
+            )
+        self._reference = self._parse_reference(path)
+
+    @staticmethod
+    def _parse_reference(path: Path) -> list[tuple[str, str]]:
+        rows: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            fields = [f.strip() for f in line.split(",")]
+            if len(fields) != 2 or not fields[0]:
+                raise DataError(
+                    f"cinc2017: line {n} of {path} must be 'record,label' (e.g. A00001,N), "
+                    f"got {line!r}"
+                )
+            if fields[0] in seen:
+                raise DataError(f"cinc2017: {path} lists record {fields[0]} twice (line {n})")
+            seen.add(fields[0])
+            rows.append((fields[0], fields[1]))
+        if not rows:
+            raise DataError(f"cinc2017: {path} must list at least one record, got none")
+        return rows
+
+    def _headers_on_disk(self) -> dict[str, Path]:
+        """Record name -> header path, in records_dir and one folder below (A00/ ...)."""
+        folder = self.root / self.records_dir
+        found: dict[str, Path] = {}
+        for hea in sorted([*folder.glob("*.hea"), *folder.glob("*/*.hea")]):
+            found.setdefault(hea.stem, hea)
+        return found
+
+    def records(self) -> list[Record]:
+        """One record per row of the reference file (see the class docstring)."""
+        self.listing_problems = []
+        on_disk = self._headers_on_disk()
+        out = []
+        for rid, letter in self._reference:
+            hea = on_disk.get(rid)
+            meta: dict = {"label": letter}
+            problems = []
+            if hea is None:
+                problems.append(f"listed in {self.reference} but {rid}.hea is not on disk")
+            elif not hea.with_suffix(".mat").is_file():
+                problems.append(f"listed in {self.reference} but {rid}.mat is not on disk")
+            else:
+                meta["file"] = str(hea.relative_to(self.root).with_suffix(""))
+            if letter not in CLASSES:
+                problems.append(
+                    f"unknown label {letter!r} in {self.reference} (known: {list(CLASSES)})"
+                )
+            if problems:
+                meta["problem"] = "; ".join(problems)
+                self.listing_problems.append(BadRecord(rid, meta["problem"]))
+            labels = (letter,) if letter in CLASSES else ()
+            out.append(Record(rid, rid, labels, FS, None, LEADS, meta=meta))
+        return out
+
+    def classes_of(self, record: Record, label_set: str) -> set[str]:
+        """The record's one class (empty for an unknown letter).
+
+        Raises:
+            ConfigError: an unknown label set.
+        """
+        if label_set not in self.label_sets:
+            raise ConfigError(
+                f"cinc2017 has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
+            )
+        return {c for c in record.labels if c in CLASSES}
+
+    def read(self, record: Record) -> Signal:
+        """The single lead in mV at 300 Hz.
+
+        Raises:
+            BadRecord: a listing problem (missing on disk, unknown label), a truncated or
+                unreadable file, another sampling rate, a lead set other than one "ECG" lead,
+                NaN samples, a flat signal.
+        """
+        rid = record.record_id
+        if record.meta.get("problem"):
+            raise BadRecord(rid, record.meta["problem"])
+        if "file" not in record.meta:
+            raise BadRecord(rid, "record has no file (list it with records())")
+        sig, promised = read_wfdb(rid, self.root / record.meta["file"], expect_fs=FS)
+        if sig.lead_names != LEADS:
+            raise BadRecord(
+                rid, f"leads {list(sig.lead_names)}, expected the single lead {list(LEADS)}"
+            )
+        return check_signal(rid, sig, expect_fs=FS, expect_leads=LEADS, expect_samples=promised)
