@@ -119,7 +119,10 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
 
     report = download(args.name, Path(args.dest), base_url=args.base_url, include=args.include)
     print(report)
-    print(f"next: study data prepare {args.name} --source {args.dest}")
+    from study.data.download import SOURCES
+
+    extra = SOURCES[args.name].prepare_args
+    print(f"next: study data prepare {args.name} --source {args.dest} {extra}".rstrip())
     return 0
 
 

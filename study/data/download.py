@@ -19,8 +19,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -65,6 +67,8 @@ class DownloadSource:
         select: globs over manifest paths that belong to this dataset (`*` spans folders).
         query: appended to every file URL (Zenodo serves `?download=1` as the raw file).
         note: what a user should know (layout, what is left out).
+        extract: archives (paths in the file list) to unpack into the destination.
+        prepare_args: extra `study data prepare` arguments the downloaded layout needs.
     """
 
     url: str
@@ -75,6 +79,8 @@ class DownloadSource:
     select: tuple[str, ...] = ("*",)
     query: str = ""
     note: str = ""
+    extract: tuple[str, ...] = ()  # zip archives unpacked into dest after download
+    prepare_args: str = ""  # what `study data prepare` needs besides --source for this layout
 
     def __post_init__(self) -> None:
         if (self.manifest is None) == (not self.files):
@@ -126,6 +132,7 @@ SOURCES: dict[str, DownloadSource] = {
         select=("training/*", "REFERENCE-v3.csv"),
         note="training/A00..A08/*.{hea,mat} and the final labels REFERENCE-v3.csv; the "
         "zip copies (training2017.zip, sample2017.zip) and validation/ are left out",
+        prepare_args="--option reference=REFERENCE-v3.csv",
     ),
     "icentia11k": DownloadSource(
         url="https://physionet.org/files/icentia11k-continuous-ecg/1.0/",
@@ -141,7 +148,8 @@ SOURCES: dict[str, DownloadSource] = {
         files=("data.zip",),
         query="?download=1",
         note="CODE test set (827 exams): data.zip holds ecg_tracings.hdf5, attributes.csv "
-        "and annotations/*.csv; not extracted here",
+        "and annotations/*.csv; unpacked after download",
+        extract=("data.zip",),
     ),
 }
 
@@ -253,6 +261,8 @@ def download(
     finally:
         fetcher.close()
     downloaded = sum(outcomes)
+    for archive in source.extract:
+        _extract(dest / archive, dest)
     return DownloadReport(
         name=name,
         dest=dest,
@@ -263,6 +273,31 @@ def download(
         seconds=time.monotonic() - start,
         verified=source.manifest is not None,
     )
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    """Unpack a zip archive into `dest` once (a marker file records that it was done).
+
+    The archive's single top-level folder, if it has one, is stripped, so the dataset's
+    files land at `dest` itself. Members that would escape `dest` are refused.
+    """
+    marker = dest / f".extracted-{archive.name}"
+    if marker.exists() and marker.stat().st_mtime >= archive.stat().st_mtime:
+        return
+    with zipfile.ZipFile(archive) as zf:
+        names = [n for n in zf.namelist() if not n.endswith("/")]
+        tops = {n.split("/", 1)[0] for n in names}
+        strip = len(tops) == 1 and all("/" in n for n in names)
+        root = dest.resolve()
+        for name in names:
+            rel = name.split("/", 1)[1] if strip else name
+            target = (dest / rel).resolve()
+            if root not in target.parents:
+                raise DataError(f"{archive.name}: member {name!r} would be written outside {dest}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(name) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+    marker.write_text(archive.name)
 
 
 # --- manifest -----------------------------------------------------------------------------

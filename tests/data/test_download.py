@@ -293,16 +293,45 @@ def test_missing_remote_file_is_not_retried(remote, tmp_path):
     assert len(remote.gets(SMALL)) == 1
 
 
-def test_source_without_checksums_says_so(remote, tmp_path, monkeypatch):
+def _code_zip() -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:  # the real archive has one top-level folder
+        zf.writestr("data/ecg_tracings.hdf5", b"hdf5 bytes")
+        zf.writestr("data/annotations/gold_standard.csv", "1dAVb,RBBB\n0,1\n")
+    return buf.getvalue()
+
+
+def test_source_without_checksums_says_so_and_its_archive_is_unpacked(remote, tmp_path):
     # code15_test is a fixed file list from Zenodo, fetched as data.zip?download=1
-    (remote.root / VERSION / "data.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    payload = _code_zip()
+    (remote.root / VERSION / "data.zip").write_bytes(payload)
 
     report = download("code15_test", tmp_path / "code", base_url=remote.url, progress=False)
 
     assert not report.verified and "NOT verified" in str(report)
-    assert (tmp_path / "code" / "data.zip").read_bytes() == b"PK\x05\x06" + bytes(18)
+    assert (tmp_path / "code" / "data.zip").read_bytes() == payload
     assert [r["query"] for r in remote.gets("data.zip")] == ["download=1"]
     assert remote.gets("SHA256SUMS.txt") == []
+    # unpacked where the code15_test reader looks (top-level folder stripped)
+    assert (tmp_path / "code" / "ecg_tracings.hdf5").read_bytes() == b"hdf5 bytes"
+    assert (tmp_path / "code" / "annotations" / "gold_standard.csv").exists()
+
+
+def test_an_archive_member_may_not_escape_the_destination(tmp_path):
+    import zipfile
+
+    from study.data.download import _extract
+
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("readme.txt", "x")
+        zf.writestr("../outside.txt", "x")
+    with pytest.raises(DataError, match="outside"):
+        _extract(archive, tmp_path / "dest")
+    assert not (tmp_path / "outside.txt").exists()
 
 
 @pytest.mark.parametrize(
