@@ -142,6 +142,13 @@ def _fit_config(unit: Unit, device: str, batch_size: int | None = None) -> FitCo
         patience=t["patience"],
         seed=unit.config["seed"],
         device=device,
+        optimizer=t.get("optimizer", "adamw"),
+        schedule=t.get("schedule", "cosine"),
+        loss=t.get("loss", "bce"),
+        grad_clip=t.get("grad_clip", 1.0),
+        amp=t.get("amp", True),
+        deterministic=t.get("deterministic", False),
+        stage_lr=t.get("stage_lr"),
     )
 
 

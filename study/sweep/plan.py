@@ -106,10 +106,25 @@ class Plan:
         return out
 
 
+_TRAIN_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "patience",
+    "optimizer",
+    "schedule",
+    "loss",
+    "grad_clip",
+    "amp",
+    "deterministic",
+    "stage_lr",
+)
+
+
 def _train_cfg(section) -> dict:
-    return {
-        k: getattr(section, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience")
-    }
+    """The training settings of a unit (every one of them is part of its id)."""
+    return {k: getattr(section, k) for k in _TRAIN_KEYS if hasattr(section, k)}
 
 
 def make_plan(spec: Spec) -> Plan:

@@ -56,7 +56,18 @@ class ArchitectureSpec(_Strict):
         return f"{self.name}[{opts}]"
 
 
-class PretrainSpec(_Strict):
+class _TrainingOptions(_Strict):
+    """Options shared by pretraining and fine-tuning (all part of a unit's identity)."""
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["cosine", "constant"] = "cosine"
+    loss: Literal["bce", "weighted_bce"] = "bce"  # weighted: negatives/positives per class
+    grad_clip: float | None = Field(1.0, gt=0)
+    amp: bool = True  # bf16 autocast on CUDA; no effect on CPU
+    deterministic: bool = False  # deterministic kernels: same seed, same metrics
+
+
+class PretrainSpec(_TrainingOptions):
     """Pretraining on each upstream dataset: one Ray Train (DDP) run per (architecture,
     upstream)."""
 
@@ -72,7 +83,7 @@ class PretrainSpec(_Strict):
     max_concurrent: int = Field(1, ge=1)  # pretraining runs at once (a cluster can hold more)
 
 
-class FinetuneSpec(_Strict):
+class FinetuneSpec(_TrainingOptions):
     """The fine-tuning and from-scratch grid, one Ray Tune trial per unit."""
 
     freeze_depths: list[int | Literal["all"]] = Field(default_factory=lambda: [0])
@@ -87,6 +98,17 @@ class FinetuneSpec(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)  # fractional GPUs share one card between trials
     max_concurrent: int | None = Field(None, ge=1)
+    # Learning-rate multiplier per freeze group, e.g. {stem: 0.0, stages.0: 0.1}
+    # (discriminative fine-tuning; 0 freezes the group, as in the QRS study).
+    stage_lr: dict[str, float] | None = None
+
+    @field_validator("stage_lr")
+    @classmethod
+    def _stage_lr(cls, v):
+        for k, m in (v or {}).items():
+            if m < 0:
+                raise ValueError(f"every stage_lr multiplier must be >= 0, got {k}: {m}")
+        return v
 
     @field_validator("data_fractions")
     @classmethod
@@ -205,6 +227,13 @@ class Spec(_Strict):
                 max_depth = model_info(arch.name, **arch.options)["max_freeze_depth"]
             except ConfigError as e:
                 raise ValueError(f"architectures: {e}") from None
+            groups = model_info(arch.name, **arch.options)["freeze_groups"]
+            for stage in self.finetune.stage_lr or {}:
+                if stage not in groups:
+                    raise ValueError(
+                        f"finetune.stage_lr: {arch.name} has no stage {stage!r}; its freeze "
+                        f"groups: {', '.join(groups)}"
+                    )
             for d in self.finetune.freeze_depths:
                 if d != "all" and d > max_depth:
                     raise ValueError(

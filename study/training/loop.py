@@ -38,6 +38,16 @@ class FitConfig:
     seed: int = 0
     grad_clip: float | None = 1.0
     device: str = "cpu"
+    optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.9, Nesterov)
+    schedule: str = "cosine"  # "cosine" (to 0 over `epochs`) or "constant"
+    loss: str = "bce"  # "bce" or "weighted_bce" (pos_weight = negatives/positives per class)
+    # Learning-rate multiplier per freeze group (e.g. {"stem": 0.0, "stages.0": 0.1}):
+    # discriminative fine-tuning; 0 freezes the group's weights (its batch-norm statistics
+    # still adapt, exactly as under a zero learning rate). Groups not named train at `lr`.
+    stage_lr: dict[str, float] | None = None
+    amp: bool = True  # bf16 autocast on CUDA (no effect on CPU)
+    channels_last: bool = True  # memory format for 2-D models on CUDA (no effect otherwise)
+    deterministic: bool = False  # deterministic kernels (same seed -> same metrics)
 
 
 @dataclass
@@ -74,6 +84,56 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256, device: str 
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
+def _is_2d(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _pos_weight(y: np.ndarray, cfg: FitConfig) -> torch.Tensor | None:
+    """Per-class positive weight for "weighted_bce": negatives / positives (1 if absent)."""
+    if cfg.loss == "bce":
+        return None
+    if cfg.loss != "weighted_bce":
+        raise TrainingError(f"loss must be bce or weighted_bce, got {cfg.loss!r}")
+    pos = y.sum(axis=0)
+    w = np.where(pos > 0, (len(y) - pos) / np.maximum(pos, 1), 1.0)
+    return torch.as_tensor(w, dtype=torch.float32)
+
+
+def _param_groups(model: nn.Module, cfg: FitConfig) -> list[dict]:
+    """Optimizer groups: trainable parameters only, with per-stage learning-rate multipliers.
+
+    A multiplier of 0 freezes its group (requires_grad off, so it never reaches the
+    optimizer), which is how the QRS study's "learning rate 0" layers are expressed.
+    """
+    named = dict(model.named_parameters())
+    assigned: set[str] = set()
+    groups = []
+    for stage, mult in (cfg.stage_lr or {}).items():
+        try:
+            module = model.get_submodule(stage)
+        except AttributeError:
+            known = getattr(model, "freeze_groups", ())
+            raise TrainingError(
+                f"stage_lr names {stage!r}, which the model does not have; its freeze "
+                f"groups: {', '.join(known)}"
+            ) from None
+        if mult < 0:
+            raise TrainingError(f"stage_lr[{stage!r}] must be >= 0, got {mult}")
+        params = []
+        for name, p in module.named_parameters(prefix=stage):
+            assigned.add(name)
+            if mult == 0:
+                p.requires_grad_(False)
+            elif p.requires_grad:
+                params.append(p)
+        if params:
+            groups.append({"params": params, "lr": cfg.lr * mult})
+    rest = [p for n, p in named.items() if n not in assigned and p.requires_grad]
+    if rest:
+        groups.append({"params": rest, "lr": cfg.lr})
+    return groups
+
+
 def _val_loss(y: np.ndarray, p: np.ndarray) -> float:
     p = np.clip(p, 1e-7, 1 - 1e-7)
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
@@ -106,11 +166,31 @@ def fit(
     distributed = dist.is_available() and dist.is_initialized()
     device = torch.device(cfg.device)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+    groups = _param_groups(model, cfg)
+    params = [p for g in groups for p in g["params"]]
     if not params:
         raise TrainingError("the model has no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        )
+    else:
+        raise TrainingError(f"optimizer must be adamw or sgd, got {cfg.optimizer!r}")
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    elif cfg.schedule == "constant":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    else:
+        raise TrainingError(f"schedule must be cosine or constant, got {cfg.schedule!r}")
+    use_cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and use_cuda)
+    if cfg.channels_last and use_cuda and _is_2d(model):
+        model.to(memory_format=torch.channels_last)
     net: nn.Module = model
     if distributed:
         net = nn.parallel.DistributedDataParallel(
@@ -130,8 +210,11 @@ def fit(
             "state": resume["best_state"],
         }
         start_epoch = resume["epoch"]
-    loss_fn = nn.BCEWithLogitsLoss()
     x_train, y_train = train
+    pos_weight = _pos_weight(y_train, cfg)
+    loss_fn = nn.BCEWithLogitsLoss(
+        pos_weight=pos_weight.to(device) if pos_weight is not None else None
+    )
     for epoch in range(start_epoch, cfg.epochs):
         if epoch - best["epoch"] >= cfg.patience and best["epoch"] > 0:
             break
@@ -141,7 +224,9 @@ def fit(
         for xb, yb in _loader(x_train, y_train, cfg.batch_size, True, cfg.seed, epoch):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xb), yb)
+            with autocast:
+                logits = net(xb)
+            loss = loss_fn(logits.float(), yb)
             if not torch.isfinite(loss):
                 raise TrainingError(f"training loss is {loss.item()} at epoch {epoch + 1}")
             loss.backward()
