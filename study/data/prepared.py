@@ -218,18 +218,26 @@ class PreparedDataset:
     def n_samples(self) -> int:
         return int(self.signals.shape[2])
 
-    def split_indices(self, split: str) -> np.ndarray:
-        """Indices of the records in `split` ("train", "val" or "test")."""
+    def split_indices(self, split: str, folds: list[int] | None = None) -> np.ndarray:
+        """Indices of the records in `split` ("train", "val" or "test"), optionally only
+        those of `folds` (a patient-disjoint part of the split)."""
         if split not in ("train", "val", "test"):
             raise DataError(f"split must be train, val or test, got {split!r}")
-        idx = np.flatnonzero(self.records.split.to_numpy() == split)
+        mask = self.records.split.to_numpy() == split
+        if folds is not None:
+            mask &= np.isin(self.records.fold.to_numpy(), folds)
+        idx = np.flatnonzero(mask)
         if len(idx) == 0:
-            raise DataError(f"dataset {self.name} has no {split} records")
+            where = f" in folds {folds}" if folds is not None else ""
+            raise DataError(f"dataset {self.name} has no {split} records{where}")
         return idx
 
-    def train_subset(self, fraction: float, repeat: int) -> np.ndarray:
-        """The nested, stratified training subset of (fraction, repeat)."""
-        return nested_subset(self.split_indices("train"), self.labels, fraction, repeat, self.name)
+    def train_subset(
+        self, fraction: float, repeat: int, folds: list[int] | None = None
+    ) -> np.ndarray:
+        """The nested, stratified training subset of (fraction, repeat), within `folds`."""
+        train = self.split_indices("train", folds)
+        return nested_subset(train, self.labels, fraction, repeat, self.name)
 
     def arrays(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(signals, labels) of `idx`, copied into memory as float32."""

@@ -213,7 +213,7 @@ def run_finetune_unit(
     try:
         seed_everything(c["seed"])
         data = open_prepared(store, c["downstream_key"])
-        train_idx = data.train_subset(c["data_fraction"], c["repeat"])
+        train_idx = data.train_subset(c["data_fraction"], c["repeat"], c.get("train_folds"))
         train = data.arrays(train_idx)
         val = data.arrays(data.split_indices("val"))
         test = data.arrays(data.split_indices("test"))
@@ -290,7 +290,7 @@ def run_pretrain_worker(
     try:
         seed_everything(c["seed"])
         data = open_prepared(store, c["upstream_key"])
-        train_idx = data.split_indices("train")
+        train_idx = data.split_indices("train", c.get("train_folds"))
         train, val = data.arrays(train_idx), data.arrays(data.split_indices("val"))
         model = create_model(
             c["architecture"],

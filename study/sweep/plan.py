@@ -4,9 +4,11 @@ Not a blind Cartesian product:
 - one pretraining unit per (architecture, upstream, task): it does not vary with the
   downstream dataset, the freeze depth, the fraction or the repeat;
 - a from-scratch unit does not vary with the upstream dataset or the freeze depth;
-- a dataset is not paired with itself unless `allow_self_pairs` is set. Then the pairing is
-  patient-disjoint where it matters: pretraining reads only the train and validation folds,
-  so the downstream test patients were never seen upstream.
+- a dataset is not paired with itself unless `self_pairs: patient_disjoint`. Then every
+  dataset that is both upstream and downstream is split by patient for the whole study:
+  its pretraining trains on folds 1-4 (UPSTREAM_FOLDS), its downstream role trains on folds
+  5-8 (DOWNSTREAM_FOLDS), both arms of every comparison alike; validation (9) and test (10)
+  are as always, so no patient is trained on in both roles and the test is never seen.
 
 Every unit has an id hashed from everything that determines its result (its resolved config,
 including the id of the pretraining unit it starts from), so two specs that share a unit
@@ -28,6 +30,9 @@ from study.sweep.spec import Spec
 __all__ = ["Unit", "Plan", "make_plan", "unit_id"]
 
 STAGES = ("pretrain", "finetune", "scratch")
+# The patient-disjoint halves of the training folds of a dataset used in both roles.
+UPSTREAM_FOLDS = [1, 2, 3, 4]
+DOWNSTREAM_FOLDS = [5, 6, 7, 8]
 _PREFIX = {"pretrain": "pt", "finetune": "ft", "scratch": "sc"}
 
 
@@ -132,6 +137,8 @@ def make_plan(spec: Spec) -> Plan:
     units: list[Unit] = []
     excluded: list[str] = []
     pretrain_ids: dict[tuple[str, str], str] = {}
+    both_roles = set(spec.upstream) & set(spec.downstream)
+    split_roles = both_roles if spec.self_pairs == "patient_disjoint" else set()
     for arch in spec.architectures:
         arch_cfg = {
             "architecture": arch.name,
@@ -139,8 +146,10 @@ def make_plan(spec: Spec) -> Plan:
             "architecture_label": arch.label,
         }
         for up in spec.upstream:
+            roles = {"train_folds": UPSTREAM_FOLDS} if up in split_roles else {}
             cfg = {
                 **arch_cfg,
+                **roles,
                 "stage": "pretrain",
                 "upstream": up,
                 "upstream_key": prepared_key(up, spec.dataset_config(up)),
@@ -162,6 +171,7 @@ def make_plan(spec: Spec) -> Plan:
         for down in spec.downstream:
             base = {
                 **arch_cfg,
+                **({"train_folds": DOWNSTREAM_FOLDS} if down in split_roles else {}),
                 "downstream": down,
                 "downstream_key": prepared_key(down, spec.dataset_config(down)),
                 "train": _train_cfg(spec.finetune),
@@ -174,7 +184,7 @@ def make_plan(spec: Spec) -> Plan:
                         cfg = {**common, "stage": "scratch", "freeze_depth": 0}
                         units.append(Unit(unit_id("scratch", cfg), "scratch", cfg))
                     for up in spec.upstream:
-                        if up == down and not spec.allow_self_pairs:
+                        if up == down and not split_roles:
                             continue
                         pt = pretrain_ids[(arch.label, up)]
                         for depth in depths:
@@ -187,8 +197,10 @@ def make_plan(spec: Spec) -> Plan:
                                 "freeze_depth": depth,
                             }
                             units.append(Unit(unit_id("finetune", cfg), "finetune", cfg, pt))
-            if down in spec.upstream and not spec.allow_self_pairs:
-                excluded.append(f"{down} as its own upstream (set allow_self_pairs to include)")
+            if down in spec.upstream and not split_roles:
+                excluded.append(
+                    f"{down} as its own upstream (self_pairs: patient_disjoint includes it)"
+                )
     # A pretraining unit that no fine-tuning unit uses is still planned: its weights are a
     # result of the study in their own right (and the plan stays a function of the spec).
     return Plan(units=units, excluded=sorted(set(excluded)))

@@ -150,7 +150,9 @@ class Spec(_Strict):
     architectures: list[ArchitectureSpec]
     upstream: list[str]
     downstream: list[str]
-    allow_self_pairs: bool = False  # see plan.py: a dataset as its own upstream
+    # A dataset in both roles: "exclude" its self-pairing, or "patient_disjoint": split it
+    # by patient for the whole study (pretraining on folds 1-4, downstream training on 5-8).
+    self_pairs: Literal["exclude", "patient_disjoint"] = "exclude"
     # How each dataset is prepared (source folder, label set, preprocessing); a real dataset
     # needs at least its source, a synthetic one needs no entry.
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)

@@ -17,9 +17,9 @@ SMOKE = {
     "architectures": [{"name": "resnet1d18", "options": {"base_width": 4}}],
     "upstream": ["synth_tiny"],
     "downstream": ["synth_tiny"],
-    # synth_tiny is small: it serves as its own upstream, which the spec must allow
-    # explicitly (pretraining sees its train/val folds only, never its test patients).
-    "allow_self_pairs": True,
+    # synth_tiny is small: it serves as its own upstream, split by patient between the
+    # two roles (pretraining on folds 1-4, downstream training on folds 5-8).
+    "self_pairs": "patient_disjoint",
     "pretrain": {"epochs": 2, "batch_size": 32, "num_workers": 2},
     "finetune": {
         "freeze_depths": [0, "all"],

@@ -88,3 +88,18 @@ def test_a_relative_store_path_names_the_same_folder_from_any_working_directory(
     monkeypatch.chdir("/")
     assert Store(store.uri).read_json("a.json") == {"k": 1}
     assert store.uri == str(tmp_path / "studies" / "x")
+
+
+def test_a_dataset_in_both_roles_trains_on_disjoint_patients(study):
+    from study.sweep.execute import open_prepared
+
+    store, plan = study
+    pre, ft = plan.by_stage("pretrain")[0], plan.by_stage("finetune")[0]
+    data = open_prepared(store, ft.config["downstream_key"])
+    patients = data.records.patient_id.to_numpy()
+    up = set(patients[data.split_indices("train", pre.config["train_folds"])])
+    down = set(patients[data.train_subset(1.0, 0, ft.config["train_folds"])])
+    held_out = set(patients[data.split_indices("val")]) | set(
+        patients[data.split_indices("test")])
+    assert up and down and not up & down
+    assert not (up | down) & held_out

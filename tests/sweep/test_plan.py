@@ -104,7 +104,7 @@ def test_specs_sharing_a_unit_share_its_id():
     assert ids_small <= {u.unit_id for u in make_plan(parse_spec(BASE)).units}
 
 
-def test_self_pairs_are_excluded_unless_allowed():
+def test_self_pairs_are_excluded_unless_patient_disjoint():
     spec = copy.deepcopy(BASE)
     spec["downstream"] = ["synth_up_a", "synth_down_x"]
     plan = make_plan(parse_spec(spec))
@@ -112,8 +112,20 @@ def test_self_pairs_are_excluded_unless_allowed():
         u for u in plan.by_stage("finetune") if u.config["upstream"] == u.config["downstream"]
     ]
     assert any("synth_up_a as its own upstream" in w for w in plan.excluded)
-    spec["allow_self_pairs"] = True
-    allowed = make_plan(parse_spec(spec))
-    assert [
-        u for u in allowed.by_stage("finetune") if u.config["upstream"] == u.config["downstream"]
+    spec["self_pairs"] = "patient_disjoint"
+    split = make_plan(parse_spec(spec))
+    selfs = [
+        u for u in split.by_stage("finetune") if u.config["upstream"] == u.config["downstream"]
     ]
+    assert selfs
+    # the dataset in both roles trains on disjoint folds in each; the others are untouched
+    for u in split.units:
+        role = u.config.get("upstream") if u.stage == "pretrain" else u.config["downstream"]
+        if role == "synth_up_a":
+            expected = [1, 2, 3, 4] if u.stage == "pretrain" else [5, 6, 7, 8]
+            assert u.config["train_folds"] == expected, u
+        else:
+            assert "train_folds" not in u.config
+    # both arms of a self-pair comparison train on the same (downstream-role) folds
+    scratch = [u for u in split.by_stage("scratch") if u.config["downstream"] == "synth_up_a"]
+    assert scratch and all(u.config["train_folds"] == [5, 6, 7, 8] for u in scratch)

@@ -52,8 +52,10 @@ BAD = [
     (_with("pretrain.epochs", 0), ["pretrain.epochs", "greater than or equal to 1"]),
     (_with("name", "has space"), ["name", "pattern"]),
     ({k: v for k, v in GOOD.items() if k != "downstream"}, ["downstream: required key"]),
-    (_with("finetune.stage_lr", {"layer9": 0.1}), ["finetune.stage_lr: resnet1d18 has no "
-                                                   "stage 'layer9'", "stem, stages.0"]),
+    (
+        _with("finetune.stage_lr", {"layer9": 0.1}),
+        ["finetune.stage_lr: resnet1d18 has no stage 'layer9'", "stem, stages.0"],
+    ),
     (_with("finetune.stage_lr", {"stem": -1}), ["multiplier must be >= 0, got stem: -1"]),
     (_with("finetune.optimizer", "lamb"), ["finetune.optimizer", "'adamw' or 'sgd'", "'lamb'"]),
     (_with("pretrain.loss", "focal"), ["pretrain.loss", "'focal'"]),

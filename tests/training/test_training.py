@@ -136,11 +136,18 @@ def test_stage_learning_rates_scale_groups_and_zero_freezes():
     assert {id(p) for p in model.stages[0].parameters()} <= in_groups
     # a fit with it moves stages.0 but never the stem
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fit(model, _toy(32, 0), _toy(16, 1),
-        FitConfig(epochs=1, batch_size=8, stage_lr={"stem": 0.0, "stages.0": 0.1}))
+    fit(
+        model,
+        _toy(32, 0),
+        _toy(16, 1),
+        FitConfig(epochs=1, batch_size=8, stage_lr={"stem": 0.0, "stages.0": 0.1}),
+    )
     after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("stem.")
-               and "num_batches" not in k and "running" not in k)
+    assert all(
+        torch.equal(before[k], after[k])
+        for k in before
+        if k.startswith("stem.") and "num_batches" not in k and "running" not in k
+    )
     assert not torch.equal(before["stages.0.0.conv1.weight"], after["stages.0.0.conv1.weight"])
     with pytest.raises(TrainingError, match="freeze groups: stem, stages.0"):
         _param_groups(_model(), FitConfig(stage_lr={"layer9": 0.1}))
@@ -159,16 +166,24 @@ def test_weighted_bce_weights_rare_positives():
 
 
 def test_deterministic_mode_gives_identical_runs_and_options_are_checked():
-    cfg = FitConfig(epochs=2, batch_size=16, deterministic=True, optimizer="sgd",
-                    schedule="constant", loss="weighted_bce")
+    cfg = FitConfig(
+        epochs=2,
+        batch_size=16,
+        deterministic=True,
+        optimizer="sgd",
+        schedule="constant",
+        loss="weighted_bce",
+    )
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
         runs.append(fit(_model(), _toy(48, 0), _toy(16, 1), cfg).history)
     torch.use_deterministic_algorithms(False)
     assert [h["val_loss"] for h in runs[0]] == [h["val_loss"] for h in runs[1]]
-    for bad, msg in ((dict(optimizer="lamb"), "optimizer must be"),
-                     (dict(schedule="poly"), "schedule must be"),
-                     (dict(loss="focal"), "loss must be")):
+    for bad, msg in (
+        (dict(optimizer="lamb"), "optimizer must be"),
+        (dict(schedule="poly"), "schedule must be"),
+        (dict(loss="focal"), "loss must be"),
+    ):
         with pytest.raises(TrainingError, match=msg):
             fit(_model(), _toy(16, 0), _toy(8, 1), FitConfig(epochs=1, **bad))
