@@ -9,7 +9,14 @@ Example:
 from __future__ import annotations
 
 # Importing the architecture modules registers their factories.
-from study.models import recurrent, resnet1d  # noqa: F401
+from study.models import (  # noqa: F401
+    alexnet2d,
+    autoencoder,
+    recurrent,
+    resnet1d,
+    resnet_v2,
+    unet1d,
+)
 from study.models._base import ECGModel
 from study.models._factory import create_model, list_models, model_info
 

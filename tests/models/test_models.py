@@ -27,11 +27,18 @@ TINY: dict[str, dict] = {
     "gru": {"hidden_size": 8},
     "lstm": {"hidden_size": 8},
     "bilstm": {"hidden_size": 8},
+    "resnet18v2": {"base_width": 4},
+    "resnet34v2": {"base_width": 4},
+    "resnet50v2": {"base_width": 4},
+    "alexnet2d": {"base_width": 4, "hidden_size": 16},
+    "cae": {"base_width": 4, "depth": 3},
+    "unet1d": {"base_width": 4, "depth": 3},
 }
 # Non-default variants that the contract must also hold for.
 EXTRA_VARIANTS: list[tuple[str, dict]] = [
     ("gru", {"hidden_size": 8, "head": "pooled"}),
     ("bilstm", {"hidden_size": 8, "head": "pooled"}),
+    ("cae", {"base_width": 4, "depth": 3, "with_decoder": False}),
 ]
 VARIANTS = [(name, TINY.get(name, {})) for name in list_models()] + EXTRA_VARIANTS
 CASES = [
@@ -50,6 +57,27 @@ def _build(name: str, seed: int = 0, **opts) -> ECGModel:
 
 def _x(seed: int = 1, length: int = LENGTH) -> torch.Tensor:
     return torch.randn(BATCH, IN_CHANNELS, length, generator=torch.Generator().manual_seed(seed))
+
+
+def _input(model: ECGModel, seed: int = 1) -> torch.Tensor:
+    # Image models (`input_kind = "image"`, e.g. alexnet2d) take (N, C, H, W) scalograms.
+    if getattr(model, "input_kind", "signal") == "image":
+        shape = (BATCH, IN_CHANNELS, LENGTH, LENGTH)
+        return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return _x(seed)
+
+
+def _out_shape(model: ECGModel, num_classes: int = NUM_CLASSES) -> tuple[int, ...]:
+    # Per-sample models (`output_kind = "per_sample"`, e.g. unet1d) keep the time axis.
+    if getattr(model, "output_kind", "per_record") == "per_sample":
+        return (BATCH, num_classes, LENGTH)
+    return (BATCH, num_classes)
+
+
+def _pretext(qualified: str, model: ECGModel) -> bool:
+    # Pretext-only parts (`pretext_prefixes`, e.g. cae's decoder) are not in the classifier's
+    # forward: they get no gradient and their batch norms do not move there.
+    return qualified.startswith(tuple(getattr(model, "pretext_prefixes", ())))
 
 
 def _in_groups(qualified: str, groups: tuple[str, ...]) -> bool:
@@ -82,11 +110,13 @@ def test_contract(name: str, opts: dict, depth: int) -> None:
     bns = _batchnorms(model)
     before = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in bns.items()}
 
-    out = model(_x())
-    assert out.shape == (BATCH, NUM_CLASSES)
-    assert model.forward_head(model.forward_features(_x())).shape == (BATCH, NUM_CLASSES)
+    out = model(_input(model))
+    assert out.shape == _out_shape(model)
+    assert model.forward_head(model.forward_features(_input(model))).shape == _out_shape(model)
 
     for n, m in bns.items():
+        if _pretext(n, model):
+            continue
         mean0, var0 = before[n]
         moved = not (torch.equal(mean0, m.running_mean) and torch.equal(var0, m.running_var))
         if _in_groups(n, frozen):
@@ -97,7 +127,9 @@ def test_contract(name: str, opts: dict, depth: int) -> None:
     model.zero_grad(set_to_none=True)
     out.square().mean().backward()
     for n, p in model.named_parameters():
-        if _in_groups(n, frozen):
+        if _pretext(n, model):
+            assert p.requires_grad and p.grad is None, f"pretext-only {n} got a gradient"
+        elif _in_groups(n, frozen):
             assert not p.requires_grad and p.grad is None, f"frozen {n} got a gradient"
         else:
             assert p.requires_grad and p.grad is not None, f"trainable {n} got no gradient"
@@ -250,7 +282,7 @@ def test_state_dict_round_trip(name: str, opts: dict) -> None:
     model = _build(name, seed=0, **opts)
     model.reset_head(6)
     model.train()
-    model(_x())  # move batch-norm running statistics away from their initial values
+    model(_input(model))  # move batch-norm running statistics away from their initial values
     config = json.loads(json.dumps(model.config))  # it must survive as plain data
     assert set(config) == {"name", "in_channels", "num_classes", "input_length", "options"}
     rebuilt = create_model(**config)
@@ -259,7 +291,7 @@ def test_state_dict_round_trip(name: str, opts: dict) -> None:
     model.eval()
     rebuilt.eval()
     with torch.no_grad():
-        assert torch.equal(model(_x(seed=5)), rebuilt(_x(seed=5)))
+        assert torch.equal(model(_input(model, seed=5)), rebuilt(_input(model, seed=5)))
 
 
 def test_head_prefixes_cover_exactly_the_head() -> None:
