@@ -94,6 +94,10 @@ def model_info(name: str, **options: Any) -> dict[str, Any]:
         "head_prefixes": model.head_prefixes,
         "classifier_prefixes": model.classifier_prefixes,
         "requires_input_length": model.requires_input_length,
+        # "signal" (N, leads, samples) or "image" (N, channels, H, W)
+        "input_kind": getattr(model, "input_kind", "signal"),
+        # "record" (N, classes) or "per_sample" (N, classes, samples)
+        "output_kind": getattr(model, "output_kind", "record"),
     }
 
 

@@ -57,6 +57,11 @@ BAD = [
         ["finetune.stage_lr: resnet1d18 has no stage 'layer9'", "stem, stages.0"],
     ),
     (_with("finetune.stage_lr", {"stem": -1}), ["multiplier must be >= 0, got stem: -1"]),
+    (_with("architectures", [{"name": "alexnet2d"}]), ["alexnet2d takes image input"]),
+    (
+        _with("architectures", [{"name": "unet1d"}]),
+        ["unet1d takes signal input and gives per_sample output"],
+    ),
     (_with("finetune.optimizer", "lamb"), ["finetune.optimizer", "'adamw' or 'sgd'", "'lamb'"]),
     (_with("pretrain.loss", "focal"), ["pretrain.loss", "'focal'"]),
 ]
