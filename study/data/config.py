@@ -37,6 +37,20 @@ class PreprocessingConfig(_Strict):
     def is_identity(self) -> bool:
         return self == PreprocessingConfig()
 
+    def build(self):
+        """The `study.data.preprocess.Preprocessing` that applies this configuration."""
+        from study.data.preprocess import Preprocessing
+
+        return Preprocessing(
+            fs=self.fs,
+            leads=tuple(self.leads) if self.leads else None,
+            length=self.length,
+            crop=self.crop,
+            pad=self.pad,
+            normalize=self.normalize,
+            bandpass=tuple(self.bandpass) if self.bandpass else None,
+        )
+
 
 class DatasetConfig(_Strict):
     """One dataset's preparation. Everything here except `source` enters the cache key."""

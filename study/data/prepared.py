@@ -112,19 +112,9 @@ def _load(name: str, config: DatasetConfig, progress: bool) -> RawDataset:
         raise ConfigError(f"{name} is synthetic: it takes no source, label_set or options")
     if config.preprocessing.is_identity:
         return raw
-    from study.data.preprocess import Preprocessing
     from study.data.readers import Signal
 
-    p = config.preprocessing
-    pre = Preprocessing(
-        fs=p.fs,
-        leads=tuple(p.leads) if p.leads else None,
-        length=p.length,
-        crop=p.crop,
-        pad=p.pad,
-        normalize=p.normalize,
-        bandpass=tuple(p.bandpass) if p.bandpass else None,
-    )
+    pre = config.preprocessing.build()
     out = np.stack(
         [
             pre.apply(Signal(x, raw.fs, raw.lead_names), record_id=str(rid))

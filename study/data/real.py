@@ -39,7 +39,6 @@ def read_real(name: str, config: DatasetConfig, progress: bool = True) -> RawDat
         DataError: the folder's layout is wrong, a bad record under on_bad_record=fail, or
             records of different lengths with no preprocessing.length to make them equal.
     """
-    from study.data.preprocess import Preprocessing
     from study.data.readers import BadRecord
 
     reader = open_reader(name, config)
@@ -52,16 +51,7 @@ def read_real(name: str, config: DatasetConfig, progress: bool = True) -> RawDat
     label_set = config.label_set or next(iter(reader.label_sets))
     labels = reader.label_matrix(records, label_set)
     classes = tuple(reader.label_sets[label_set])
-    p = config.preprocessing
-    pre = Preprocessing(
-        fs=p.fs,
-        leads=tuple(p.leads) if p.leads else None,
-        length=p.length,
-        crop=p.crop,
-        pad=p.pad,
-        normalize=p.normalize,
-        bandpass=tuple(p.bandpass) if p.bandpass else None,
-    )
+    pre = config.preprocessing.build()
     keep: list[int] = []
     signals: list[np.ndarray] = []
     bad: list[dict] = []
