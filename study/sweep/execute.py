@@ -53,7 +53,13 @@ from study.training import (
 )
 from study.training.checkpoint import load_backbone
 
-__all__ = ["run_finetune_unit", "run_pretrain_worker", "open_prepared", "hardware_string"]
+__all__ = [
+    "run_finetune_unit",
+    "run_pretrain_worker",
+    "open_prepared",
+    "hardware_string",
+    "mark_interrupted",
+]
 
 Report = Callable[[dict], None] | None
 
@@ -101,6 +107,11 @@ def _mark_ended(store: Store, unit: Unit, e: BaseException) -> None:
         )
     else:
         _mark(store, unit, "interrupted", error=type(e).__name__)
+
+
+def mark_interrupted(store: Store, unit: Unit) -> None:
+    """Record that the driver stopped `unit` (its workers may have had no chance to)."""
+    _mark(store, unit, "interrupted", error="stopped by the driver")
 
 
 def _mark(store: Store, unit: Unit, state: str, **extra) -> None:

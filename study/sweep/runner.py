@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from study.data import prepare, prepared_key
 from study.errors import ConfigError, StorageError, StudyError
-from study.schema import result_path, run_marker_path, weights_path
+from study.schema import result_path, run_marker_path
 from study.store import Store
 from study.sweep.plan import STAGES, Plan, Unit, make_plan
 from study.sweep.spec import Spec, parse_spec, spec_to_yaml
@@ -328,12 +328,29 @@ def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> Study
 
             with ThreadPoolExecutor(spec.pretrain.max_concurrent) as pool:
                 futures = [pool.submit(one, u) for u in pre]
-                while not all(f.done() for f in futures):
-                    bar.set_postfix_str(_pretrain_progress(store, pre, spec.pretrain.epochs))
-                    time.sleep(2)
-        have_weights = {
-            u.unit_id for u in plan.by_stage("pretrain") if store.exists(weights_path(u.unit_id))
-        }
+                try:
+                    while not all(f.done() for f in futures):
+                        bar.set_postfix_str(_pretrain_progress(store, pre, spec.pretrain.epochs))
+                        time.sleep(2)
+                except KeyboardInterrupt:
+                    # The trainers run in pool threads, which Ctrl-C does not reach: stopping
+                    # Ray ends their fit() so the pool can close and the interrupt go through.
+                    for f in futures:
+                        f.cancel()
+                    _log("interrupted: stopping the pretraining runs")
+                    import ray
+
+                    from study.sweep.execute import mark_interrupted
+
+                    ray.shutdown()
+                    finished = done_ids(store, pre)
+                    for u in pre:
+                        if u.unit_id not in finished:
+                            mark_interrupted(store, u)
+                    raise
+        # A fine-tuning unit starts from a pretraining unit that is done (its row is in the
+        # store), never from weights an unfinished run happened to leave.
+        have_weights = done_ids(store, plan.by_stage("pretrain"))
         trials = [u for u in pending if u.stage != "pretrain"]
         runnable = [u for u in trials if u.depends_on is None or u.depends_on in have_weights]
         blocked = len(trials) - len(runnable)
