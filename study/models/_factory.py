@@ -98,6 +98,11 @@ def model_info(name: str, **options: Any) -> dict[str, Any]:
         "input_kind": getattr(model, "input_kind", "signal"),
         # "record" (N, classes) or "per_sample" (N, classes, samples)
         "output_kind": getattr(model, "output_kind", "record"),
+        # state-dict prefixes of pretext-only parts (an autoencoder's decoder)
+        "pretext_prefixes": tuple(getattr(model, "pretext_prefixes", ())),
+        # whether `reconstruct(x)` works: the "autoencoder" pretraining task needs it
+        "can_reconstruct": hasattr(model, "reconstruct")
+        and bool(model.config["options"].get("with_decoder", True)),
     }
 
 

@@ -27,7 +27,7 @@ import torch
 from study.data import PreparedDataset
 from study.data.prepared import default_cache_dir
 from study.errors import DataError, TrainingError
-from study.models import create_model
+from study.models import create_model, model_info
 from study.schema import (
     EPOCHS_SCHEMA,
     PRETRAIN_SCHEMA,
@@ -160,6 +160,7 @@ def _fit_config(unit: Unit, device: str, batch_size: int | None = None) -> FitCo
         amp=t.get("amp", True),
         deterministic=t.get("deterministic", False),
         stage_lr=t.get("stage_lr"),
+        task="reconstruction" if unit.config.get("task") == "autoencoder" else "classification",
     )
 
 
@@ -228,16 +229,21 @@ def run_finetune_unit(
         train = data.arrays(train_idx)
         val = data.arrays(data.split_indices("val"))
         test = data.arrays(data.split_indices("test"))
+        info = model_info(c["architecture"], **c["architecture_options"])
+        options = dict(c["architecture_options"])
+        if "with_decoder" in info["options"]:
+            options["with_decoder"] = False  # a classifier has no use for a pretext decoder
         model = create_model(
             c["architecture"],
             in_channels=data.in_channels,
             num_classes=len(data.classes),
             input_length=data.n_samples,
-            **c["architecture_options"],
+            **options,
         )
         if unit.stage == "finetune":
             weights = load_state_bytes(store.read_bytes(weights_path(c["pretrain_unit"])))
-            load_backbone(model, weights, model.classifier_prefixes)
+            skip = tuple(model.classifier_prefixes) + tuple(info["pretext_prefixes"])
+            load_backbone(model, weights, skip)
             model.freeze(c["freeze_depth"])
 
         def on_epoch(state: dict, record: dict) -> None:

@@ -71,7 +71,9 @@ class PretrainSpec(_TrainingOptions):
     """Pretraining on each upstream dataset: one Ray Train (DDP) run per (architecture,
     upstream)."""
 
-    task: Literal["classification"] = "classification"
+    # classification: supervised multi-label on the upstream labels (Nguyen & Do);
+    # autoencoder: reconstruct the upstream signals, labels unused (Jang et al.).
+    task: Literal["classification", "autoencoder"] = "classification"
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -230,6 +232,11 @@ class Spec(_Strict):
             except ConfigError as e:
                 raise ValueError(f"architectures: {e}") from None
             max_depth = info["max_freeze_depth"]
+            if self.pretrain.task == "autoencoder" and not info["can_reconstruct"]:
+                raise ValueError(
+                    f"pretrain.task: autoencoder pretraining needs an architecture that "
+                    f"reconstructs its input (cae); {arch.name} does not"
+                )
             if info["input_kind"] != "signal" or info["output_kind"] != "record":
                 # The study pipeline feeds (N, leads, samples) records to a record classifier;
                 # scalogram input (alexnet2d) and per-sample output (unet1d) need the

@@ -48,6 +48,9 @@ class FitConfig:
     amp: bool = True  # bf16 autocast on CUDA (no effect on CPU)
     channels_last: bool = True  # memory format for 2-D models on CUDA (no effect otherwise)
     deterministic: bool = False  # deterministic kernels (same seed -> same metrics)
+    # "classification" (BCE on labels) or "reconstruction" (MSE of model.reconstruct(x)
+    # against x; labels unused; validation loss is the reconstruction MSE).
+    task: str = "classification"
 
 
 @dataclass
@@ -82,6 +85,33 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256, device: str 
         xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
         out.append(torch.sigmoid(model(xb)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+class _Reconstructor(nn.Module):
+    """Routes forward() to model.reconstruct, so DDP sees reconstruction as the forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not hasattr(model, "reconstruct"):
+            raise TrainingError(f"{type(model).__name__} cannot reconstruct its input")
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.reconstruct(x)
+
+
+@torch.no_grad()
+def reconstruction_loss(
+    model: nn.Module, x: np.ndarray, batch_size: int = 256, device: str = "cpu"
+) -> float:
+    """Mean squared reconstruction error of `model` on `x`, in eval mode."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
+        total += float(((model.reconstruct(xb) - xb) ** 2).sum())
+        count += xb.numel()
+    return total / max(count, 1)
 
 
 def _is_2d(model: nn.Module) -> bool:
@@ -191,10 +221,17 @@ def fit(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and use_cuda)
     if cfg.channels_last and use_cuda and _is_2d(model):
         model.to(memory_format=torch.channels_last)
-    net: nn.Module = model
+    if cfg.task not in ("classification", "reconstruction"):
+        raise TrainingError(f"task must be classification or reconstruction, got {cfg.task!r}")
+    reconstructing = cfg.task == "reconstruction"
+    # Training goes through forward() so that DDP's gradient hooks fire.
+    net: nn.Module = _Reconstructor(model) if reconstructing else model
     if distributed:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            net,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # the classification head takes no part in reconstruction
+            find_unused_parameters=reconstructing,
         )
     history: list[dict] = []
     best = {"loss": math.inf, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
@@ -211,7 +248,8 @@ def fit(
         }
         start_epoch = resume["epoch"]
     x_train, y_train = train
-    pos_weight = _pos_weight(y_train, cfg)
+    mse = nn.MSELoss()
+    pos_weight = _pos_weight(y_train, cfg) if not reconstructing else None
     loss_fn = nn.BCEWithLogitsLoss(
         pos_weight=pos_weight.to(device) if pos_weight is not None else None
     )
@@ -225,8 +263,8 @@ def fit(
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             with autocast:
-                logits = net(xb)
-            loss = loss_fn(logits.float(), yb)
+                out = net(xb)
+            loss = mse(out.float(), xb) if reconstructing else loss_fn(out.float(), yb)
             if not torch.isfinite(loss):
                 raise TrainingError(f"training loss is {loss.item()} at epoch {epoch + 1}")
             loss.backward()
@@ -236,13 +274,18 @@ def fit(
             total += loss.item() * len(xb)
             count += len(xb)
         sched.step()
-        p_val = predict(model, val[0], device=cfg.device)
-        v_loss = _val_loss(val[1], p_val)
+        if reconstructing:
+            v_loss = reconstruction_loss(model, val[0], device=cfg.device)
+            val_metrics = {k: float("nan") for k in ("macro_auroc", "macro_f1", "weighted_f1")}
+        else:
+            p_val = predict(model, val[0], device=cfg.device)
+            v_loss = _val_loss(val[1], p_val)
+            val_metrics = classification_metrics(val[1], p_val)
         record = {
             "epoch": epoch + 1,
             "train_loss": total / max(count, 1),
             "val_loss": v_loss,
-            **{f"val_{k}": v for k, v in classification_metrics(val[1], p_val).items()},
+            **{f"val_{k}": v for k, v in val_metrics.items()},
             "lr": sched.get_last_lr()[0],
             "seconds": time.perf_counter() - t0,
         }

@@ -99,7 +99,6 @@ def test_a_dataset_in_both_roles_trains_on_disjoint_patients(study):
     patients = data.records.patient_id.to_numpy()
     up = set(patients[data.split_indices("train", pre.config["train_folds"])])
     down = set(patients[data.train_subset(1.0, 0, ft.config["train_folds"])])
-    held_out = set(patients[data.split_indices("val")]) | set(
-        patients[data.split_indices("test")])
+    held_out = set(patients[data.split_indices("val")]) | set(patients[data.split_indices("test")])
     assert up and down and not up & down
     assert not (up | down) & held_out
