@@ -91,6 +91,15 @@ class DatasetReader:
         """The record's signal; raises BadRecord with the reason when it cannot be used."""
         raise NotImplementedError
 
+    def check_label_set(self, label_set: str) -> None:
+        """Raise ConfigError, listing this reader's sets, when `label_set` is not one."""
+        if label_set not in self.label_sets:
+            from study.errors import ConfigError
+
+            raise ConfigError(
+                f"{self.name} has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
+            )
+
     def classes_of(self, record: Record, label_set: str) -> set[str]:
         """The classes of `label_set` that `record` has (its native labels mapped)."""
         raise NotImplementedError
@@ -102,12 +111,7 @@ class DatasetReader:
             ConfigError: an unknown label set (the message lists this reader's sets).
         """
         label_set = label_set or next(iter(self.label_sets))
-        if label_set not in self.label_sets:
-            from study.errors import ConfigError
-
-            raise ConfigError(
-                f"{self.name} has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
-            )
+        self.check_label_set(label_set)
         classes = self.label_sets[label_set]
         index = {c: i for i, c in enumerate(classes)}
         out = np.zeros((len(records), len(classes)), dtype=np.uint8)

@@ -40,7 +40,7 @@ from study.data.readers._base import (
     check_signal,
 )
 from study.data.snomed import HARMONISED, LABEL_SETS, map_codes, parse_codes
-from study.errors import ConfigError, DataError
+from study.errors import DataError
 
 __all__ = [
     "CincReader",
@@ -220,10 +220,7 @@ class CincReader(DatasetReader):
         )
 
     def _classes(self, label_set: str):
-        if label_set not in self.label_sets:
-            raise ConfigError(
-                f"{self.name} has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
-            )
+        self.check_label_set(label_set)
         return LABEL_SETS[label_set]
 
     def _header(self, rid: str, path: Path) -> _Header:

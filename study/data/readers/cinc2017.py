@@ -27,7 +27,7 @@ from study.data.readers._base import (
     check_signal,
 )
 from study.data.readers.ptbxl import list_folder, read_wfdb
-from study.errors import ConfigError, DataError
+from study.errors import DataError
 
 __all__ = ["Cinc2017Reader"]
 
@@ -151,10 +151,7 @@ class Cinc2017Reader(DatasetReader):
         Raises:
             ConfigError: an unknown label set.
         """
-        if label_set not in self.label_sets:
-            raise ConfigError(
-                f"cinc2017 has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
-            )
+        self.check_label_set(label_set)
         return {c for c in record.labels if c in CLASSES}
 
     def read(self, record: Record) -> Signal:

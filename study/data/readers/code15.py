@@ -48,7 +48,7 @@ from study.data.readers._base import (
     check_signal,
 )
 from study.data.readers.ptbxl import list_folder
-from study.errors import ConfigError, DataError
+from study.errors import DataError
 
 __all__ = ["Code15TestReader", "STORED_LEADS", "ABNORMALITIES"]
 
@@ -207,10 +207,7 @@ class Code15TestReader(DatasetReader):
         Raises:
             ConfigError: an unknown label set.
         """
-        if label_set not in self.label_sets:
-            raise ConfigError(
-                f"code15_test has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
-            )
+        self.check_label_set(label_set)
         found = {c for c in record.labels if c in ABNORMALITIES}
         if label_set == "code7" and not found and not record.meta.get("problem"):
             return {"NORM"}

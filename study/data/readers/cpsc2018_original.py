@@ -30,7 +30,7 @@ from study.data.readers._base import (
     check_signal,
 )
 from study.data.snomed import HARMONISED, LABEL_SETS, map_codes
-from study.errors import ConfigError, DataError
+from study.errors import DataError
 
 __all__ = ["Cpsc2018OriginalReader", "CPSC_CODES"]
 
@@ -143,10 +143,7 @@ class Cpsc2018OriginalReader(DatasetReader):
 
     def classes_of(self, record: Record, label_set: str) -> set[str]:
         """The classes of `label_set` the record's CPSC codes give (via their SNOMED codes)."""
-        if label_set not in self.label_sets:
-            raise ConfigError(
-                f"{self.name} has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
-            )
+        self.check_label_set(label_set)
         snomed = [CPSC_CODES[c][1] for c in record.labels]
         return map_codes(snomed, LABEL_SETS[label_set])[0]
 

@@ -452,10 +452,7 @@ class Cpsc2021Reader(_AnnotatedWfdbReader):
             ConfigError: an unknown label set.
             DataError: a comment that is not one of the three CPSC 2021 classes.
         """
-        if label_set not in self.label_sets:
-            raise ConfigError(
-                f"cpsc2021 has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
-            )
+        self.check_label_set(label_set)
         out = set()
         for label in record.labels:
             if label not in self._NATIVE:

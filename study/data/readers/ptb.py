@@ -29,7 +29,7 @@ from study.data.readers._base import (
     check_signal,
 )
 from study.data.readers.ptbxl import list_folder, read_wfdb
-from study.errors import ConfigError, DataError
+from study.errors import DataError
 
 __all__ = ["PtbReader", "parse_comments"]
 
@@ -169,10 +169,7 @@ class PtbReader(DatasetReader):
         Raises:
             ConfigError: an unknown label set.
         """
-        if label_set not in self.label_sets:
-            raise ConfigError(
-                f"ptb has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
-            )
+        self.check_label_set(label_set)
         return {_MI_VS_HEALTHY[r.lower()] for r in record.labels if r.lower() in _MI_VS_HEALTHY}
 
     def read(self, record: Record) -> Signal:

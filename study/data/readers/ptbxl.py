@@ -315,10 +315,7 @@ class PtbXlReader(DatasetReader):
         Raises:
             ConfigError: an unknown label set.
         """
-        if label_set not in self.label_sets:
-            raise ConfigError(
-                f"ptbxl has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
-            )
+        self.check_label_set(label_set)
         mapping = self._by_set[label_set]
         return {mapping[c] for c in record.labels if c in mapping}
 
