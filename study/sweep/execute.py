@@ -164,6 +164,19 @@ def _fit_config(unit: Unit, device: str, batch_size: int | None = None) -> FitCo
     )
 
 
+def _epoch_callback(store: Store, unit: Unit, report: Report, persist: bool = True):
+    """What `fit` calls after each epoch: checkpoint and marker (when `persist`), report."""
+
+    def on_epoch(state: dict, record: dict) -> None:
+        if persist:
+            store.write_bytes(checkpoint_path(unit.unit_id), state_to_bytes(state))
+            _mark(store, unit, "running", epoch=record["epoch"])
+        if report is not None:
+            report({k: v for k, v in record.items() if isinstance(v, int | float)})
+
+    return on_epoch
+
+
 def _train_seconds(result, resumed: bool, t0: float) -> float:
     # After a resume, the seconds of the epochs run before the interruption count too.
     return sum(h["seconds"] for h in result.history) if resumed else time.perf_counter() - t0
@@ -246,12 +259,7 @@ def run_finetune_unit(
             load_backbone(model, weights, skip)
             model.freeze(c["freeze_depth"])
 
-        def on_epoch(state: dict, record: dict) -> None:
-            store.write_bytes(checkpoint_path(uid), state_to_bytes(state))
-            _mark(store, unit, "running", epoch=record["epoch"])
-            if report is not None:
-                report({k: v for k, v in record.items() if isinstance(v, int | float)})
-
+        on_epoch = _epoch_callback(store, unit, report)
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
         result = fit(model, train, val, _fit_config(unit, device), resume=resume, on_epoch=on_epoch)
@@ -319,13 +327,8 @@ def run_pretrain_worker(
         # The spec's batch size is global: each of the DDP workers takes its share.
         per_worker = max(1, c["train"]["batch_size"] // world_size)
 
-        def on_epoch(state: dict, record: dict) -> None:
-            if rank == 0:
-                store.write_bytes(checkpoint_path(uid), state_to_bytes(state))
-                _mark(store, unit, "running", epoch=record["epoch"])
-            if report is not None:
-                report({k: v for k, v in record.items() if isinstance(v, int | float)})
-
+        # Every rank reports (a Train report is collective); rank 0 alone writes.
+        on_epoch = _epoch_callback(store, unit, report, persist=rank == 0)
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
         result = fit(
