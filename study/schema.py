@@ -116,8 +116,3 @@ def weights_path(uid: str) -> str:
 
 def run_marker_path(uid: str) -> str:
     return f"runs/{uid}.json"
-
-
-def result_path(stage: str, uid: str) -> str:
-    """Where the row that marks `uid` done lives."""
-    return pretrain_path(uid) if stage == "pretrain" else trial_path(uid)

@@ -27,12 +27,19 @@ from tqdm.auto import tqdm
 
 from study.data import prepare, prepared_key
 from study.errors import ConfigError, StorageError, StudyError
-from study.schema import result_path, run_marker_path
+from study.schema import run_marker_path
 from study.store import Store
 from study.sweep.plan import STAGES, Plan, Unit, make_plan
 from study.sweep.spec import Spec, parse_spec, spec_to_yaml
 
-__all__ = ["run_study", "resume_study", "study_status", "load_study", "StudyOutcome"]
+__all__ = [
+    "run_study",
+    "resume_study",
+    "study_status",
+    "load_study",
+    "failures",
+    "StudyOutcome",
+]
 
 # A running marker not touched for this long is reported as stale (its driver is gone).
 STALE_AFTER_S = 30 * 60
@@ -422,10 +429,3 @@ def failures(uri: str) -> list[dict]:
         if m["state"] == "failed" and m["unit_id"] not in done:
             out.append(m)
     return out
-
-
-def result_exists(store: Store, unit: Unit) -> bool:
-    return store.exists(result_path(unit.stage, unit.unit_id))
-
-
-__all__ += ["failures", "result_exists", "StudyError"]
