@@ -46,6 +46,20 @@ TRIALS_SCHEMA = pa.schema(
         ("test_macro_auroc", pa.float64()),
         ("test_macro_f1", pa.float64()),  # thresholds chosen per class on validation
         ("test_weighted_f1", pa.float64()),  # support-weighted, threshold 0.5 (Nguyen & Do)
+        # The downstream task: multi_label, single_label (arg-max class) or per_sample (QRS).
+        # The columns below are null where the task has no such number (see
+        # study.training.evaluation for each rule).
+        ("task", pa.string()),
+        ("test_per_class_f1", pa.string()),  # JSON {class: F1}
+        ("test_accuracy", pa.float64()),  # single_label and binary tasks
+        ("test_sensitivity", pa.float64()),  # binary tasks, at the validation threshold
+        ("test_specificity", pa.float64()),
+        ("test_cinc2017_score", pa.float64()),  # mean F1 of N, A, O (CinC 2017 label set)
+        ("test_challenge_score", pa.float64()),  # PhysioNet/CinC 2020-21, SNOMED label sets
+        ("test_qrs_sensitivity", pa.float64()),  # QRS detection, 150 ms tolerance
+        ("test_qrs_ppv", pa.float64()),
+        ("test_qrs_f1", pa.float64()),
+        ("decision_thresholds", pa.string()),  # JSON: what was chosen on validation
         ("val_macro_auroc", pa.float64()),  # of the selected epoch
         ("val_loss", pa.float64()),  # of the selected epoch
         ("best_epoch", pa.int32()),  # selected on validation loss, 1-based

@@ -21,9 +21,18 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from study.errors import TrainingError
-from study.training.metrics import classification_metrics
+from study.training.metrics import classification_metrics, single_label_metrics
 
-__all__ = ["FitConfig", "FitResult", "fit", "predict", "seed_everything"]
+__all__ = ["TASKS", "FitConfig", "FitResult", "fit", "predict", "evaluate", "seed_everything"]
+
+#: What a model is trained to do, and so its loss and its validation numbers:
+#: - multi_label: multi-hot labels (N, K), BCE on the logits; sigmoid probabilities.
+#: - single_label: one class per record (one-hot labels (N, K)), softmax cross-entropy.
+#: - per_sample: a per-sample target (N, L) (QRS masks), BCE on logits (N, 1, L).
+#: - reconstruction: MSE of model.reconstruct(x) against x; labels unused (autoencoders).
+#: - contrastive: the model's forward returns its own loss (CPC); labels unused.
+TASKS = ("multi_label", "single_label", "per_sample", "reconstruction", "contrastive")
+_ALIASES = {"classification": "multi_label"}
 
 
 @dataclass(frozen=True)
@@ -48,9 +57,13 @@ class FitConfig:
     amp: bool = True  # bf16 autocast on CUDA (no effect on CPU)
     channels_last: bool = True  # memory format for 2-D models on CUDA (no effect otherwise)
     deterministic: bool = False  # deterministic kernels (same seed -> same metrics)
-    # "classification" (BCE on labels) or "reconstruction" (MSE of model.reconstruct(x)
-    # against x; labels unused; validation loss is the reconstruction MSE).
-    task: str = "classification"
+    # One of TASKS ("classification" is read as "multi_label"); see TASKS for each loss.
+    task: str = "multi_label"
+
+    @property
+    def kind(self) -> str:
+        """The task, aliases resolved."""
+        return _ALIASES.get(self.task, self.task)
 
 
 @dataclass
@@ -76,14 +89,32 @@ def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: 
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g)
 
 
+def _probabilities(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "single_label":
+        return torch.softmax(logits.float(), dim=1)
+    if kind == "per_sample":
+        return torch.sigmoid(logits.float()).squeeze(1)  # (N, 1, L) -> (N, L)
+    return torch.sigmoid(logits.float())
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256, device: str = "cpu"):
-    """Sigmoid probabilities of `model` on `x`, in eval mode."""
+def predict(
+    model: nn.Module,
+    x: np.ndarray,
+    batch_size: int = 256,
+    device: str = "cpu",
+    task: str = "multi_label",
+):
+    """Probabilities of `model` on `x`, in eval mode: sigmoid per class (multi_label),
+    softmax over classes (single_label), or sigmoid per sample, (N, L) (per_sample)."""
+    kind = _ALIASES.get(task, task)
+    if kind not in ("multi_label", "single_label", "per_sample"):
+        raise TrainingError(f"predict gives class or sample probabilities, not {task!r} outputs")
     model.eval()
     out = []
     for start in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
-        out.append(torch.sigmoid(model(xb)).float().cpu().numpy())
+        out.append(_probabilities(model(xb), kind).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -118,15 +149,55 @@ def _is_2d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def _pos_weight(y: np.ndarray, cfg: FitConfig) -> torch.Tensor | None:
-    """Per-class positive weight for "weighted_bce": negatives / positives (1 if absent)."""
+def _class_weight(y: np.ndarray, cfg: FitConfig) -> torch.Tensor | None:
+    """Class weights of the "weighted_bce" loss (None for plain "bce"), from training labels.
+
+    multi_label: per-class positive weight negatives / positives (1 for an absent class);
+    single_label: n / (K * count) per class (scikit-learn's "balanced"; 0 for an absent
+    class, which then never counts); per_sample: one positive weight, negative / positive
+    samples over the whole training set.
+    """
     if cfg.loss == "bce":
         return None
     if cfg.loss != "weighted_bce":
         raise TrainingError(f"loss must be bce or weighted_bce, got {cfg.loss!r}")
-    pos = y.sum(axis=0)
-    w = np.where(pos > 0, (len(y) - pos) / np.maximum(pos, 1), 1.0)
+    if cfg.kind == "single_label":
+        count = y.sum(axis=0)
+        w = np.where(count > 0, len(y) / (y.shape[1] * np.maximum(count, 1)), 0.0)
+    elif cfg.kind == "per_sample":
+        pos = float(y.sum())
+        w = np.array([(y.size - pos) / pos if pos > 0 else 1.0])
+    else:
+        pos = y.sum(axis=0)
+        w = np.where(pos > 0, (len(y) - pos) / np.maximum(pos, 1), 1.0)
     return torch.as_tensor(w, dtype=torch.float32)
+
+
+class _Loss:
+    """The training loss of a task, applied to what the (wrapped) network returns."""
+
+    def __init__(self, cfg: FitConfig, y_train: np.ndarray, device: torch.device) -> None:
+        self.kind = cfg.kind
+        w = None if self.kind in ("reconstruction", "contrastive") else _class_weight(y_train, cfg)
+        w = w.to(device) if w is not None else None
+        if self.kind == "single_label":
+            self.fn = nn.CrossEntropyLoss(weight=w)
+        elif self.kind in ("multi_label", "per_sample"):
+            self.fn = nn.BCEWithLogitsLoss(pos_weight=w)
+        else:
+            self.fn = nn.MSELoss()
+
+    def __call__(self, out: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        out = out.float()
+        if self.kind == "contrastive":
+            return out
+        if self.kind == "reconstruction":
+            return self.fn(out, xb)
+        if self.kind == "single_label":
+            return self.fn(out, yb.argmax(dim=1))
+        if self.kind == "per_sample":
+            return self.fn(out.squeeze(1), yb)
+        return self.fn(out, yb)
 
 
 def _param_groups(model: nn.Module, cfg: FitConfig) -> list[dict]:
@@ -164,9 +235,57 @@ def _param_groups(model: nn.Module, cfg: FitConfig) -> list[dict]:
     return groups
 
 
-def _val_loss(y: np.ndarray, p: np.ndarray) -> float:
+def _val_loss(y: np.ndarray, p: np.ndarray, kind: str = "multi_label") -> float:
+    """Unweighted loss of probabilities `p` (cross-entropy for single_label, else BCE)."""
     p = np.clip(p, 1e-7, 1 - 1e-7)
+    if kind == "single_label":
+        return float(-np.log((p * y).sum(axis=1)).mean())
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+_NAN_METRICS = {k: float("nan") for k in ("macro_auroc", "macro_f1", "weighted_f1")}
+
+
+@torch.no_grad()
+def _contrastive_loss(model: nn.Module, x: np.ndarray, batch_size: int, device: str) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
+        total += float(model(xb)) * len(xb)
+        count += len(xb)
+    return total / max(count, 1)
+
+
+def evaluate(
+    model: nn.Module,
+    data: tuple[np.ndarray, np.ndarray],
+    task: str = "multi_label",
+    device: str = "cpu",
+    batch_size: int = 256,
+) -> tuple[float, dict[str, float]]:
+    """(loss, metrics) of `model` on `data` in eval mode: what `fit` selects epochs on.
+
+    The loss is unweighted whatever the training loss (so epochs compare on one scale); the
+    metrics are macro AUROC, macro F1 (threshold 0.5, or the arg-max class for
+    single_label) and support-weighted F1, NaN where a task has none (per_sample,
+    reconstruction, contrastive: their own scores are computed on the selected model).
+    """
+    kind = _ALIASES.get(task, task)
+    x, y = data
+    if kind == "reconstruction":
+        return reconstruction_loss(model, x, batch_size, device), dict(_NAN_METRICS)
+    if kind == "contrastive":
+        # a contrastive model draws its negatives from the batch: evaluate with the
+        # training batch size so the loss means the same as in training
+        return _contrastive_loss(model, x, batch_size, device), dict(_NAN_METRICS)
+    p = predict(model, x, device=device, task=kind)
+    loss = _val_loss(y, p, kind)
+    if kind == "per_sample":
+        return loss, dict(_NAN_METRICS)
+    if kind == "single_label":
+        return loss, single_label_metrics(y, p)
+    return loss, classification_metrics(y, p)
 
 
 def fit(
@@ -178,12 +297,14 @@ def fit(
     resume: dict | None = None,
     on_epoch: Callable[[dict, dict], None] | None = None,
 ) -> FitResult:
-    """Train `model` with BCE on `train`, select the epoch with the lowest validation loss.
+    """Train `model` on `train` for `cfg.task`; select the epoch of lowest validation loss.
 
     Args:
         model: an ECG model; only its trainable parameters reach the optimizer, so frozen
             stages stay frozen. Under torch.distributed it is wrapped in DDP here.
-        train: (signals, multi-hot labels) of the training subset.
+        train: (inputs, targets) of the training subset: labels (N, K) for multi_label
+            and single_label, per-sample targets (N, L) for per_sample; ignored by
+            reconstruction and contrastive tasks.
         val: the validation split; used for early stopping and selection, never the test.
         cfg: the training configuration.
         resume: a state that an earlier `on_epoch` received; training goes on after it.
@@ -221,17 +342,17 @@ def fit(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and use_cuda)
     if cfg.channels_last and use_cuda and _is_2d(model):
         model.to(memory_format=torch.channels_last)
-    if cfg.task not in ("classification", "reconstruction"):
-        raise TrainingError(f"task must be classification or reconstruction, got {cfg.task!r}")
-    reconstructing = cfg.task == "reconstruction"
+    if cfg.kind not in TASKS:
+        raise TrainingError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
+    reconstructing = cfg.kind == "reconstruction"
     # Training goes through forward() so that DDP's gradient hooks fire.
     net: nn.Module = _Reconstructor(model) if reconstructing else model
     if distributed:
         net = nn.parallel.DistributedDataParallel(
             net,
             device_ids=[device.index] if device.type == "cuda" else None,
-            # the classification head takes no part in reconstruction
-            find_unused_parameters=reconstructing,
+            # the classification head takes no part in reconstruction or CPC
+            find_unused_parameters=cfg.kind in ("reconstruction", "contrastive"),
         )
     history: list[dict] = []
     best = {"loss": math.inf, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
@@ -248,11 +369,7 @@ def fit(
         }
         start_epoch = resume["epoch"]
     x_train, y_train = train
-    mse = nn.MSELoss()
-    pos_weight = _pos_weight(y_train, cfg) if not reconstructing else None
-    loss_fn = nn.BCEWithLogitsLoss(
-        pos_weight=pos_weight.to(device) if pos_weight is not None else None
-    )
+    loss_fn = _Loss(cfg, y_train, device)
     for epoch in range(start_epoch, cfg.epochs):
         if epoch - best["epoch"] >= cfg.patience and best["epoch"] > 0:
             break
@@ -264,7 +381,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             with autocast:
                 out = net(xb)
-            loss = mse(out.float(), xb) if reconstructing else loss_fn(out.float(), yb)
+            loss = loss_fn(out, xb, yb)
             if not torch.isfinite(loss):
                 raise TrainingError(f"training loss is {loss.item()} at epoch {epoch + 1}")
             loss.backward()
@@ -274,13 +391,8 @@ def fit(
             total += loss.item() * len(xb)
             count += len(xb)
         sched.step()
-        if reconstructing:
-            v_loss = reconstruction_loss(model, val[0], device=cfg.device)
-            val_metrics = {k: float("nan") for k in ("macro_auroc", "macro_f1", "weighted_f1")}
-        else:
-            p_val = predict(model, val[0], device=cfg.device)
-            v_loss = _val_loss(val[1], p_val)
-            val_metrics = classification_metrics(val[1], p_val)
+        v_batch = cfg.batch_size if cfg.kind == "contrastive" else 256
+        v_loss, val_metrics = evaluate(model, val, cfg.kind, cfg.device, v_batch)
         record = {
             "epoch": epoch + 1,
             "train_loss": total / max(count, 1),

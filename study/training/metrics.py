@@ -9,7 +9,15 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
-__all__ = ["macro_auroc", "choose_thresholds", "macro_f1", "weighted_f1", "classification_metrics"]
+__all__ = [
+    "macro_auroc",
+    "choose_thresholds",
+    "macro_f1",
+    "weighted_f1",
+    "classification_metrics",
+    "single_label_metrics",
+    "column_f1",
+]
 
 
 def _scorable(y: np.ndarray) -> np.ndarray:
@@ -38,12 +46,27 @@ def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray) -> np.ndarray:
     return thr
 
 
+def column_f1(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """F1 of each column of a multi-label task (0 for a column never present nor predicted).
+
+    Column by column, because scikit-learn reads a one-column indicator matrix as a binary
+    task and would average the F1 of its positives and its negatives.
+    """
+    y, predicted = np.asarray(y).astype(int), np.asarray(predicted).astype(int)
+    return np.array(
+        [f1_score(y[:, k], predicted[:, k], zero_division=0) for k in range(y.shape[1])]
+    )
+
+
 def macro_f1(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray) -> float:
-    return float(f1_score(y, p >= thresholds[None, :], average="macro", zero_division=0))
+    return float(column_f1(y, p >= thresholds[None, :]).mean())
 
 
 def weighted_f1(y: np.ndarray, p: np.ndarray) -> float:
-    return float(f1_score(y, p >= 0.5, average="weighted", zero_division=0))
+    support = np.asarray(y).sum(axis=0)
+    if support.sum() == 0:
+        return 0.0
+    return float(np.average(column_f1(y, p >= 0.5), weights=support))
 
 
 def classification_metrics(
@@ -56,4 +79,24 @@ def classification_metrics(
         "macro_auroc": macro_auroc(y, p),
         "macro_f1": macro_f1(y, p, thr),
         "weighted_f1": weighted_f1(y, p),
+    }
+
+
+def single_label_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """macro_auroc (one class against the rest), macro_f1 and weighted_f1 of the arg-max
+    class, for a single-label task with one-hot `y` and softmax probabilities `p`.
+
+    The predicted class is the most probable one (no thresholds: exactly one class is
+    predicted per record, as Weimann & Conrad's softmax heads do); the macro F1 averages
+    every class of the label set (0 for a class never present nor predicted).
+    """
+    y = np.asarray(y)
+    true, pred = y.argmax(axis=1), np.asarray(p).argmax(axis=1)
+    labels = np.arange(y.shape[1])
+    return {
+        "macro_auroc": macro_auroc(y.astype(int), p),
+        "macro_f1": float(f1_score(true, pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(
+            f1_score(true, pred, labels=labels, average="weighted", zero_division=0)
+        ),
     }

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import confusion_matrix, f1_score, mean_squared_error
+from sklearn.metrics import confusion_matrix, mean_squared_error
 
 from study.errors import ConfigError, DataError
-from study.training.metrics import macro_auroc
+from study.training.metrics import column_f1, macro_auroc
 
 __all__ = [
     "CINC2021_EQUIVALENT_CLASSES",
@@ -97,7 +97,7 @@ def per_class_f1(
             f"need one class name and one threshold per column ({y.shape[1]}), "
             f"got {len(classes)} names and thresholds of shape {thr.shape}"
         )
-    f1 = f1_score(y.astype(int), p >= thr[None, :], average=None, zero_division=0)
+    f1 = column_f1(y, p >= thr[None, :])
     return {str(c): float(v) for c, v in zip(classes, f1, strict=True)}
 
 

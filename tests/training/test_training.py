@@ -154,15 +154,29 @@ def test_stage_learning_rates_scale_groups_and_zero_freezes():
 
 
 def test_weighted_bce_weights_rare_positives():
-    from study.training.loop import _pos_weight
+    from study.training.loop import _class_weight
 
     y = np.array([[1, 0], [0, 0], [0, 0], [0, 1]], dtype=np.float32)
     y[:, 1] = [1, 1, 1, 0]
-    w = _pos_weight(y, FitConfig(loss="weighted_bce"))
+    w = _class_weight(y, FitConfig(loss="weighted_bce"))
     assert w.tolist() == pytest.approx([3.0, 1 / 3])  # negatives / positives
-    assert _pos_weight(y, FitConfig(loss="bce")) is None
-    w0 = _pos_weight(np.zeros((4, 1), dtype=np.float32), FitConfig(loss="weighted_bce"))
+    assert _class_weight(y, FitConfig(loss="bce")) is None
+    w0 = _class_weight(np.zeros((4, 1), dtype=np.float32), FitConfig(loss="weighted_bce"))
     assert w0.tolist() == [1.0]
+
+
+def test_weighted_loss_of_single_label_and_per_sample_tasks():
+    from study.training.loop import _class_weight
+
+    # one-hot, 3 classes: counts 2, 1, 0 of 3 records -> 3 / (3 * count), absent -> 0
+    y = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=np.float32)
+    w = _class_weight(y, FitConfig(loss="weighted_bce", task="single_label"))
+    assert w.tolist() == pytest.approx([0.5, 1.0, 0.0])
+    # per-sample masks: 2 positive samples of 8 -> one weight 6 / 2
+    m = np.zeros((2, 4), dtype=np.float32)
+    m[0, 1] = m[1, 2] = 1
+    w = _class_weight(m, FitConfig(loss="weighted_bce", task="per_sample"))
+    assert w.tolist() == pytest.approx([3.0])
 
 
 def test_deterministic_mode_gives_identical_runs_and_options_are_checked():
@@ -187,3 +201,66 @@ def test_deterministic_mode_gives_identical_runs_and_options_are_checked():
     ):
         with pytest.raises(TrainingError, match=msg):
             fit(_model(), _toy(16, 0), _toy(8, 1), FitConfig(epochs=1, **bad))
+
+
+def test_single_label_task_learns_with_cross_entropy_and_argmax_metrics():
+    rng = np.random.default_rng(0)
+
+    def data(n):
+        x = rng.normal(size=(n, 1, 64)).astype(np.float32)
+        cls = rng.integers(0, 3, n)
+        x[:, 0, :] += (cls[:, None] - 1) * 3.0  # the class shifts the mean
+        return x, np.eye(3, dtype=np.float32)[cls]
+
+    train, val = data(120), data(60)
+    cfg = FitConfig(epochs=6, batch_size=16, lr=3e-3, patience=10, task="single_label")
+    torch.manual_seed(0)
+    model = create_model("resnet1d18", in_channels=1, num_classes=3, base_width=4)
+    result = fit(model, train, val, cfg)
+    first, best = result.history[0], result.history[result.best_epoch - 1]
+    assert best["val_loss"] < first["val_loss"]
+    assert best["val_macro_f1"] > 0.6  # chance is 1/3
+    model.load_state_dict(result.best_state)
+    p = predict(model, val[0], task="single_label")
+    assert p.shape == (60, 3) and np.allclose(p.sum(axis=1), 1, atol=1e-5)
+
+
+def test_per_sample_task_trains_a_unet_on_masks():
+    rng = np.random.default_rng(1)
+
+    def data(n):
+        x = rng.normal(scale=0.1, size=(n, 1, 128)).astype(np.float32)
+        m = np.zeros((n, 128), dtype=np.float32)
+        for i in range(n):
+            for c in rng.choice(np.arange(8, 120), 3, replace=False):
+                x[i, 0, c - 2 : c + 3] += 2.0
+                m[i, c - 2 : c + 3] = 1
+        return x, m
+
+    train, val = data(48), data(16)
+    cfg = FitConfig(epochs=5, batch_size=8, lr=5e-3, patience=10, task="per_sample")
+    torch.manual_seed(0)
+    model = create_model("unet1d", in_channels=1, num_classes=1, base_width=4, depth=2)
+    result = fit(model, train, val, cfg)
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    assert np.isnan(result.history[0]["val_macro_auroc"])
+    p = predict(model, val[0], task="per_sample")
+    assert p.shape == (16, 128) and ((0 <= p) & (p <= 1)).all()
+
+
+def test_unknown_task_and_predict_for_a_loss_task_fail_clearly():
+    with pytest.raises(TrainingError, match="task must be one of"):
+        fit(_model(), _toy(8), _toy(8), FitConfig(epochs=1, task="segmentation"))
+    with pytest.raises(TrainingError, match="not 'contrastive' outputs"):
+        predict(_model(), _toy(4)[0], task="contrastive")
+
+
+def test_single_label_metrics_by_hand():
+    from study.training.metrics import single_label_metrics
+
+    y = np.eye(3)[[0, 0, 1, 2]]
+    p = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.2, 0.3]])
+    m = single_label_metrics(y, p)
+    # predictions 0, 1, 1, 0: F1 class0 = 2*1/(2+1+1)=0.5, class1 = 2*1/(2+1+0)=2/3, class2 = 0
+    assert m["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 0) / 3)
+    assert m["weighted_f1"] == pytest.approx((2 * 0.5 + 1 * 2 / 3 + 0) / 4)

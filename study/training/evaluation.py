@@ -1,0 +1,205 @@
+"""The test numbers of one trained model: every metric its task has, with every decision
+rule (thresholds, QRS probability) chosen on the validation split and only then applied to
+the test split.
+
+`score_split` is what a trial row's `test_*` columns come from:
+
+- all classification tasks: macro AUROC, macro F1, support-weighted F1, per-class F1;
+- multi_label: per-class thresholds that maximise F1 on validation (`choose_thresholds`);
+  macro F1 and per-class F1 at them, weighted F1 at 0.5 (Nguyen & Do), and the PhysioNet/
+  CinC 2020-2021 challenge metric when the classes carry SNOMED-CT codes the official
+  weights score (see `challenge_codes`);
+- single_label: the arg-max class (macro F1 over every class of the label set, which on
+  CinC 2017 is Weimann & Conrad's 4-class macro F1), accuracy, and the CinC 2017 score when
+  the classes are N, A, O, ~;
+- binary tasks (one class, or two classes with the positive one second, e.g. HC/MI):
+  sensitivity, specificity and accuracy at the validation threshold (Huerta et al.);
+- per_sample (QRS): QRS positions by `unet1d.qrs_positions` (peaks >= a probability at
+  least 200 ms apart) with the probability chosen on validation from a fixed grid to
+  maximise gross F1, then sensitivity, PPV and F1 with a 150 ms tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from study.errors import ConfigError, DataError
+from study.training.metrics import choose_thresholds, classification_metrics, single_label_metrics
+from study.training.task_metrics import (
+    binary_metrics,
+    challenge_score,
+    cinc2017_score,
+    load_challenge_weights,
+    per_class_f1,
+    qrs_metrics_records,
+)
+
+__all__ = [
+    "score_split",
+    "as_row",
+    "challenge_codes",
+    "QRS_THRESHOLDS",
+    "QRS_TOLERANCE_S",
+    "QRS_MIN_RR_S",
+]
+
+#: Probabilities tried on validation for the QRS peak criterion.
+QRS_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2).tolist())
+#: Matching tolerance of a detection (ANSI/AAMI EC57).
+QRS_TOLERANCE_S = 0.15
+#: Smallest distance between two detected QRS complexes (the refractory period).
+QRS_MIN_RR_S = 0.2
+
+_CINC2017 = ("N", "A", "O", "~")
+_NORMAL = "426783006"
+
+
+def challenge_codes(classes: Sequence[str], class_codes: Mapping[str, Sequence[str]]) -> list[str]:
+    """Column names for `challenge_score`: each class's scored SNOMED-CT code.
+
+    A class whose codes hit exactly one scored class of the official weights is named by
+    that class; a class hitting none, or several (e.g. PTB-XL's STTC superclass, a union of
+    many scored codes), cannot be scored one-to-one and is named "unscored:<class>", which
+    the metric ignores, as the official scorer ignores unscored diagnoses.
+    """
+    scored, _ = load_challenge_weights()
+    groups = [set(name.split("|")) for name in scored]
+    out = []
+    for c in classes:
+        codes = set(class_codes.get(c, ()))
+        hits = [scored[i] for i, g in enumerate(groups) if g & codes]
+        out.append(hits[0] if len(hits) == 1 else f"unscored:{c}")
+    return out
+
+
+def _binary_columns(classes: Sequence[str]) -> int | None:
+    """The positive column of a binary task (None if the task is not binary)."""
+    if len(classes) == 1:
+        return 0
+    if len(classes) == 2:
+        return 1
+    return None
+
+
+def _classification(
+    kind: str,
+    classes: Sequence[str],
+    y_val: np.ndarray,
+    p_val: np.ndarray,
+    y_test: np.ndarray,
+    p_test: np.ndarray,
+    class_codes: Mapping[str, Sequence[str]] | None,
+) -> dict:
+    y_test = np.asarray(y_test).astype(int)
+    out: dict = {}
+    if kind == "single_label":
+        out.update(single_label_metrics(y_test, p_test))
+        true, pred = y_test.argmax(axis=1), p_test.argmax(axis=1)
+        f1 = f1_score(true, pred, labels=np.arange(len(classes)), average=None, zero_division=0)
+        out["per_class_f1"] = {str(c): float(v) for c, v in zip(classes, f1, strict=True)}
+        out["accuracy"] = float((true == pred).mean())
+        if tuple(classes) == _CINC2017:
+            names = np.asarray(classes)
+            out["cinc2017_score"] = cinc2017_score(names[true], names[pred], _CINC2017)
+        thresholds = None  # arg-max: no threshold
+        pos = _binary_columns(classes)
+        if pos is not None:
+            # softmax over two classes: p1 >= 0.5 is the arg-max decision
+            thresholds = [0.5] * len(classes)
+    else:
+        thr = choose_thresholds(np.asarray(y_val).astype(int), p_val)
+        thresholds = thr.tolist()
+        out.update(classification_metrics(y_test, p_test, thr))
+        out["per_class_f1"] = per_class_f1(y_test, p_test, thr, classes)
+        if class_codes:
+            names = challenge_codes(classes, class_codes)
+            if _NORMAL in names:
+                try:
+                    out["challenge_score"] = challenge_score(y_test, p_test >= thr[None, :], names)
+                except ConfigError:
+                    pass  # e.g. no scored class besides normal: the metric does not apply
+    pos = _binary_columns(classes)
+    if pos is not None:
+        b = binary_metrics(y_test[:, pos], p_test[:, pos], thresholds[pos])
+        out.update({k: b[k] for k in ("sensitivity", "specificity", "accuracy")})
+    out["thresholds"] = thresholds
+    return out
+
+
+def _detect(p: np.ndarray, fs: float, threshold: float) -> list[np.ndarray]:
+    from study.models.unet1d import qrs_positions
+
+    return [qrs_positions(row, fs, QRS_MIN_RR_S, threshold) for row in p]
+
+
+def _qrs(
+    p_val: np.ndarray,
+    beats_val: Sequence[np.ndarray],
+    p_test: np.ndarray,
+    beats_test: Sequence[np.ndarray],
+    fs: float,
+) -> dict:
+    best_thr, best_f1 = QRS_THRESHOLDS[0], -1.0
+    for thr in QRS_THRESHOLDS:
+        f1 = qrs_metrics_records(beats_val, _detect(p_val, fs, thr), fs, QRS_TOLERANCE_S)["f1"]
+        f1 = -1.0 if np.isnan(f1) else f1
+        if f1 > best_f1:  # ties keep the lower threshold
+            best_thr, best_f1 = thr, f1
+    m = qrs_metrics_records(beats_test, _detect(p_test, fs, best_thr), fs, QRS_TOLERANCE_S)
+    return {
+        "qrs_sensitivity": m["sensitivity"],
+        "qrs_ppv": m["ppv"],
+        "qrs_f1": m["f1"],
+        "thresholds": {"qrs_probability": best_thr},
+    }
+
+
+def score_split(
+    kind: str,
+    classes: Sequence[str],
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    class_codes: Mapping[str, Sequence[str]] | None = None,
+    fs: float | None = None,
+    beats: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
+) -> dict:
+    """The test metrics of one model, decision rules chosen on validation.
+
+    Args:
+        kind: "multi_label", "single_label" or "per_sample".
+        classes: the label set's classes, in column order.
+        val: (targets, probabilities) of the validation split (from `predict`).
+        test: (targets, probabilities) of the test split.
+        class_codes: class -> SNOMED-CT codes, for the challenge metric (None: not scored).
+        fs: the sampling rate (per_sample only).
+        beats: reference QRS positions (samples) of each (val, test) record (per_sample).
+
+    Returns:
+        Column name (without the "test_" prefix) -> value: floats, `per_class_f1` as a
+        dict, and `thresholds` (the validation-chosen decision rule, JSON-able).
+    """
+    if kind == "per_sample":
+        if fs is None or beats is None:
+            raise DataError("QRS scoring needs the sampling rate and the reference beats")
+        return _qrs(val[1], beats[0], test[1], beats[1], fs)
+    if kind not in ("multi_label", "single_label"):
+        raise ConfigError(f"no test metrics for task kind {kind!r}")
+    return _classification(kind, classes, val[0], val[1], test[0], test[1], class_codes)
+
+
+def as_row(metrics: dict) -> dict:
+    """`score_split`'s result as trial-row columns (dicts and lists as JSON strings)."""
+    row = {}
+    for k, v in metrics.items():
+        if k == "thresholds":
+            row["decision_thresholds"] = json.dumps(v)
+        elif isinstance(v, dict):
+            row[f"test_{k}"] = json.dumps(v)
+        else:
+            row[f"test_{k}"] = v
+    return row
