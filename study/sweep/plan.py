@@ -1,7 +1,7 @@
 """Expand a spec into units: pretraining runs and fine-tuning / from-scratch trials.
 
 Not a blind Cartesian product:
-- one pretraining unit per (architecture, upstream, task): it does not vary with the
+- one pretraining unit per (architecture, upstream, pretraining task): it does not vary with the
   downstream dataset, the freeze depth, the fraction or the repeat;
 - a from-scratch unit does not vary with the upstream dataset or the freeze depth;
 - a dataset is not paired with itself unless `self_pairs: patient_disjoint`. Then every
@@ -57,6 +57,7 @@ class Unit:
         return {
             "architecture": c["architecture_label"],
             "upstream": c.get("upstream"),
+            "pretrain_task": c.get("task") or c.get("pretrain_task"),
             "downstream": c.get("downstream"),
             "init": {"pretrain": None, "finetune": "pretrained", "scratch": "scratch"}[self.stage],
             "freeze_depth": c.get("freeze_depth"),
@@ -136,7 +137,7 @@ def make_plan(spec: Spec) -> Plan:
     """Expand `spec` into its units (deterministic order: pretraining first)."""
     units: list[Unit] = []
     excluded: list[str] = []
-    pretrain_ids: dict[tuple[str, str], str] = {}
+    pretrain_ids: dict[tuple[str, str, str], str] = {}
     both_roles = set(spec.upstream) & set(spec.downstream)
     split_roles = both_roles if spec.self_pairs == "patient_disjoint" else set()
     for arch in spec.architectures:
@@ -147,20 +148,23 @@ def make_plan(spec: Spec) -> Plan:
         }
         for up in spec.upstream:
             roles = {"train_folds": UPSTREAM_FOLDS} if up in split_roles else {}
-            cfg = {
-                **arch_cfg,
-                **roles,
-                "stage": "pretrain",
-                "upstream": up,
-                "upstream_key": prepared_key(up, spec.dataset_config(up)),
-                "task": spec.pretrain.task,
-                "seed": spec.seed,
-                "num_workers": spec.pretrain.num_workers,
-                "train": _train_cfg(spec.pretrain),
-            }
-            uid = unit_id("pretrain", cfg)
-            pretrain_ids[(arch.label, up)] = uid
-            units.append(Unit(uid, "pretrain", cfg))
+            for task in spec.pretrain.tasks:
+                options = spec.pretrain.task_options.get(task)
+                cfg = {
+                    **arch_cfg,
+                    **roles,
+                    "stage": "pretrain",
+                    "upstream": up,
+                    "upstream_key": prepared_key(up, spec.upstream_config(up, task)),
+                    "task": task,
+                    **({"task_options": dict(options)} if options else {}),
+                    "seed": spec.seed,
+                    "num_workers": spec.pretrain.num_workers,
+                    "train": _train_cfg(spec.pretrain),
+                }
+                uid = unit_id("pretrain", cfg)
+                pretrain_ids[(arch.label, up, task)] = uid
+                units.append(Unit(uid, "pretrain", cfg))
     for arch in spec.architectures:
         arch_cfg = {
             "architecture": arch.name,
@@ -186,17 +190,18 @@ def make_plan(spec: Spec) -> Plan:
                     for up in spec.upstream:
                         if up == down and not split_roles:
                             continue
-                        pt = pretrain_ids[(arch.label, up)]
-                        for depth in depths:
-                            cfg = {
-                                **common,
-                                "stage": "finetune",
-                                "upstream": up,
-                                "pretrain_task": spec.pretrain.task,
-                                "pretrain_unit": pt,
-                                "freeze_depth": depth,
-                            }
-                            units.append(Unit(unit_id("finetune", cfg), "finetune", cfg, pt))
+                        for task in spec.pretrain.tasks:
+                            pt = pretrain_ids[(arch.label, up, task)]
+                            for depth in depths:
+                                cfg = {
+                                    **common,
+                                    "stage": "finetune",
+                                    "upstream": up,
+                                    "pretrain_task": task,
+                                    "pretrain_unit": pt,
+                                    "freeze_depth": depth,
+                                }
+                                units.append(Unit(unit_id("finetune", cfg), "finetune", cfg, pt))
             if down in spec.upstream and not split_roles:
                 excluded.append(
                     f"{down} as its own upstream (self_pairs: patient_disjoint includes it)"

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from study.data._sources import is_synthetic
 from study.data.config import DatasetConfig
 from study.errors import ConfigError
 
@@ -67,13 +68,27 @@ class _TrainingOptions(_Strict):
     deterministic: bool = False  # deterministic kernels: same seed, same metrics
 
 
+#: Pretraining tasks (see README): what a pretraining unit optimises.
+#: - classification: the upstream dataset's own labels (Nguyen & Do);
+#: - beat, rhythm, heart_rate: Weimann & Conrad's frame labels (the upstream is prepared
+#:   with the label set of that name: icentia11k, cpsc2021);
+#: - future: contrastive prediction of future frames (their CPC task), labels unused;
+#: - autoencoder: reconstruct the upstream signals, labels unused (Jang et al.);
+#: - qrs: per-sample QRS segmentation (the upstream prepared with label set "qrs").
+Task = Literal["classification", "beat", "rhythm", "heart_rate", "future", "autoencoder", "qrs"]
+#: Tasks whose labels are the upstream dataset's label set of the same name.
+LABEL_SET_TASKS = ("beat", "rhythm", "heart_rate", "qrs")
+
+
 class PretrainSpec(_TrainingOptions):
     """Pretraining on each upstream dataset: one Ray Train (DDP) run per (architecture,
-    upstream)."""
+    upstream, task)."""
 
-    # classification: supervised multi-label on the upstream labels (Nguyen & Do);
-    # autoencoder: reconstruct the upstream signals, labels unused (Jang et al.).
-    task: Literal["classification", "autoencoder"] = "classification"
+    # One task, or a list of them (an axis of the grid: each is pretrained and fine-tuned).
+    task: Task | list[Task] = "classification"
+    # Options of a task's pretext module, by task (e.g. {future: {steps: 4}}); only the
+    # `future` task takes any (study.training.cpc.CPC).
+    task_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -83,6 +98,29 @@ class PretrainSpec(_TrainingOptions):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     max_concurrent: int = Field(1, ge=1)  # pretraining runs at once (a cluster can hold more)
+
+    @field_validator("task")
+    @classmethod
+    def _tasks(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("needs at least one task")
+            if len(set(v)) != len(v):
+                raise ValueError(f"tasks must be distinct, got {v}")
+        return v
+
+    @field_validator("task_options")
+    @classmethod
+    def _task_options(cls, v):
+        for task in v:
+            if task != "future":
+                raise ValueError(f"only the future task takes options, got options for {task!r}")
+        return v
+
+    @property
+    def tasks(self) -> list[str]:
+        """The pretraining tasks, as a list."""
+        return list(self.task) if isinstance(self.task, list) else [self.task]
 
 
 class FinetuneSpec(_TrainingOptions):
@@ -194,7 +232,6 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> Spec:
-        from study.data._sources import is_synthetic
         from study.data.readers import READERS
         from study.models import model_info
 
@@ -232,20 +269,7 @@ class Spec(_Strict):
             except ConfigError as e:
                 raise ValueError(f"architectures: {e}") from None
             max_depth = info["max_freeze_depth"]
-            if self.pretrain.task == "autoencoder" and not info["can_reconstruct"]:
-                raise ValueError(
-                    f"pretrain.task: autoencoder pretraining needs an architecture that "
-                    f"reconstructs its input (cae); {arch.name} does not"
-                )
-            if info["input_kind"] != "signal" or info["output_kind"] != "record":
-                # The study pipeline feeds (N, leads, samples) records to a record classifier;
-                # scalogram input (alexnet2d) and per-sample output (unet1d) need the
-                # preprocessing and tasks of their own protocols, not wired in yet.
-                raise ValueError(
-                    f"architectures: {arch.name} takes {info['input_kind']} input and gives "
-                    f"{info['output_kind']} output; studies run record classifiers on signals "
-                    "so far (the scalogram and QRS protocols are not wired into studies yet)"
-                )
+            self._check_architecture(arch.name, info)
             groups = model_info(arch.name, **arch.options)["freeze_groups"]
             for stage in self.finetune.stage_lr or {}:
                 if stage not in groups:
@@ -261,9 +285,64 @@ class Spec(_Strict):
                     )
         return self
 
+    def _check_architecture(self, name: str, info: dict) -> None:
+        """Each architecture fits every task and every dataset's input of the study."""
+        from study.data.readers import READERS
+
+        for task in self.pretrain.tasks if self.upstream else []:
+            if task == "autoencoder" and not info["can_reconstruct"]:
+                raise ValueError(
+                    f"pretrain.task: autoencoder pretraining needs an architecture that "
+                    f"reconstructs its input (cae); {name} does not"
+                )
+            if task == "qrs" and info["output_kind"] != "per_sample":
+                raise ValueError(
+                    f"pretrain.task: qrs segmentation needs a per-sample architecture "
+                    f"(unet1d); {name} gives one output per record"
+                )
+            if task != "qrs" and info["output_kind"] == "per_sample":
+                raise ValueError(
+                    f"pretrain.task: {name} gives per-sample outputs; it pretrains on the "
+                    f"qrs task only, not {task!r}"
+                )
+            if task == "future" and info["input_kind"] != "signal":
+                raise ValueError(
+                    f"pretrain.task: the future (CPC) task encodes signals; {name} "
+                    f"takes {info['input_kind']} input"
+                )
+            if task in LABEL_SET_TASKS:
+                for up in self.upstream:
+                    sets = () if is_synthetic(up) else READERS.get(up).label_sets
+                    if task not in sets:
+                        raise ValueError(
+                            f"pretrain.task: the {task} task trains on the upstream label set "
+                            f"{task!r}, which {up} does not have (datasets with it: "
+                            f"{', '.join(_datasets_with_label_set(task)) or 'none'})"
+                        )
+        for ds in sorted(set(self.upstream) | set(self.downstream)):
+            image = getattr(self.dataset_config(ds).preprocessing, "scalogram", None) is not None
+            if info["input_kind"] == "image" and not image:
+                raise ValueError(
+                    f"architectures: {name} takes scalogram images; give datasets.{ds}."
+                    f"preprocessing.scalogram so that {ds} is prepared as images"
+                )
+            if info["input_kind"] == "signal" and image:
+                raise ValueError(
+                    f"architectures: {name} takes signals, but datasets.{ds} is prepared as "
+                    "scalogram images (preprocessing.scalogram)"
+                )
+
     def dataset_config(self, name: str) -> DatasetConfig:
         """How dataset `name` is prepared (the defaults when the spec says nothing)."""
         return self.datasets.get(name, DatasetConfig())
+
+    def upstream_config(self, name: str, task: str) -> DatasetConfig:
+        """How upstream `name` is prepared for pretraining `task`: a task named after a
+        label set (beat, rhythm, heart_rate, qrs) trains on that label set."""
+        cfg = self.dataset_config(name)
+        if task in LABEL_SET_TASKS:
+            return cfg.model_copy(update={"label_set": task})
+        return cfg
 
     def freeze_depths_for(self, arch: ArchitectureSpec) -> list[int]:
         """The resolved freeze depths of `arch` ("all" = every stage: a linear probe)."""
@@ -274,6 +353,12 @@ class Spec(_Strict):
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def _datasets_with_label_set(label_set: str) -> list[str]:
+    from study.data.readers import READERS
+
+    return [n for n in READERS.names() if label_set in READERS.get(n).label_sets]
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

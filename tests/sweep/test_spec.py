@@ -57,10 +57,21 @@ BAD = [
         ["finetune.stage_lr: resnet1d18 has no stage 'layer9'", "stem, stages.0"],
     ),
     (_with("finetune.stage_lr", {"stem": -1}), ["multiplier must be >= 0, got stem: -1"]),
-    (_with("architectures", [{"name": "alexnet2d"}]), ["alexnet2d takes image input"]),
+    (
+        _with("architectures", [{"name": "alexnet2d"}]),
+        ["alexnet2d takes scalogram images", "datasets.synth_down_x.preprocessing.scalogram"],
+    ),
     (
         _with("architectures", [{"name": "unet1d"}]),
-        ["unet1d takes signal input and gives per_sample output"],
+        ["unet1d gives per-sample outputs", "qrs task only, not 'classification'"],
+    ),
+    (_with("pretrain.task", "qrs"), ["qrs segmentation needs a per-sample architecture"]),
+    (_with("pretrain.task", "beat"), ["the beat task", "synth_up_a does not have"]),
+    (_with("pretrain.task", ["future", "future"]), ["tasks must be distinct"]),
+    (_with("pretrain.task", "jigsaw"), ["pretrain.task", "'jigsaw'"]),
+    (
+        _with("pretrain.task_options", {"beat": {"x": 1}}),
+        ["only the future task takes options", "'beat'"],
     ),
     (_with("finetune.optimizer", "lamb"), ["finetune.optimizer", "'adamw' or 'sgd'", "'lamb'"]),
     (_with("pretrain.loss", "focal"), ["pretrain.loss", "'focal'"]),
@@ -103,3 +114,18 @@ def test_malformed_yaml_is_a_config_error(tmp_path, text, fragment):
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_a_task_list_is_an_axis_of_the_plan():
+    from study.sweep.plan import make_plan
+
+    one = make_plan(parse_spec(GOOD))
+    two = make_plan(parse_spec(_with("pretrain.task", ["classification", "future"])))
+    n_pt, n_ft = len(one.by_stage("pretrain")), len(one.by_stage("finetune"))
+    assert len(two.by_stage("pretrain")) == 2 * n_pt
+    assert len(two.by_stage("finetune")) == 2 * n_ft
+    assert len(two.by_stage("scratch")) == len(one.by_stage("scratch"))  # no task in scratch
+    # the classification units are the same units (same ids) as in the one-task spec
+    assert {u.unit_id for u in one.units} <= {u.unit_id for u in two.units}
+    tasks = {u.config["pretrain_task"] for u in two.by_stage("finetune")}
+    assert tasks == {"classification", "future"}
