@@ -20,6 +20,7 @@ lead (5 s in their work), resized to an image size.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, fields
 from fractions import Fraction
 from typing import Literal
@@ -299,6 +300,32 @@ class Preprocessing:
         return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _continuous_wavelet(name: object, option: str = "wavelet"):
+    """The pywt.ContinuousWavelet called `name` (`option`: its name in error messages).
+
+    Raises:
+        ConfigError: not the name of a continuous PyWavelets wavelet, or a family that takes
+            parameters named without them ("cmor" rather than "cmor1.5-1.0").
+    """
+    import pywt
+
+    def refuse() -> ConfigError:
+        return ConfigError(
+            f"{option} must be a continuous PyWavelets wavelet, one of "
+            f"{pywt.wavelist(kind='continuous')} (cmor, shan and fbsp with their parameters, "
+            f"e.g. 'cmor1.5-1.0'), got {name!r}"
+        )
+
+    if not isinstance(name, str) or name != name.strip():  # " morl" would be another key
+        raise refuse()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pywt only warns about a family without parameters
+        try:
+            return pywt.ContinuousWavelet(name)
+        except (ValueError, FutureWarning, DeprecationWarning) as e:
+            raise refuse() from e
+
+
 def cwt_scalogram(
     x: np.ndarray,
     fs: float,
@@ -307,6 +334,8 @@ def cwt_scalogram(
     freqs: np.ndarray | None = None,
     wavelet: str = "morl",
     size: tuple[int, int] | None = None,
+    extend: bool = True,
+    norm: Literal["energy", "amplitude"] = "energy",
 ) -> np.ndarray:
     """The magnitude of the continuous wavelet transform of one lead, (scales, samples).
 
@@ -316,16 +345,28 @@ def cwt_scalogram(
         scales: wavelet scales, row by row; or give `freqs` instead.
         freqs: frequencies (Hz, each in (0, fs / 2)) turned into scales by
             central_frequency(wavelet) * fs / freq; rows follow their order.
-        wavelet: a continuous PyWavelets wavelet ("morl": real Morlet, as Huerta et al.).
+        wavelet: a continuous PyWavelets wavelet: "morl" (real Morlet), "cmor1.5-1.0"
+            (complex Morlet, bandwidth 1.5, centre 1.0), ... (which wavelet Huerta et al.
+            used is not verified: MATLAB's cwt defaults to an analytic Morse wavelet).
         size: (height, width) to resize the scalogram to (linear interpolation,
             scipy.ndimage.zoom); None keeps (len(scales), samples).
+        extend: extend the lead at both ends by half its length, mirrored (half-sample
+            symmetric), before the transform and cut the extension off after, as MATLAB's
+            cwt does by default; False: the transform sees zeros outside the record, and a
+            lead's offset shows as steps at both edges of the low-frequency rows.
+        norm: "energy": PyWavelets' coefficients (wavelets of equal energy at every scale:
+            a sine's row grows as the square root of its scale, so the peak row of a pure
+            tone lies a little below its frequency and low rows outweigh high ones);
+            "amplitude": divided by the square root of the scale (wavelets of equal L1
+            norm, MATLAB's cwt convention): sines of equal amplitude give rows of equal
+            magnitude, and a pure tone peaks at its own frequency.
 
     Returns:
         float32 (len(scales), samples), or `size`.
 
     Raises:
         ConfigError: not exactly one of scales / freqs, a scale <= 0, a frequency outside
-            (0, fs / 2), an unknown wavelet, or a size < 1.
+            (0, fs / 2), an unknown wavelet or norm, or a size < 1.
         DataError: `x` is not a single lead.
     """
     try:
@@ -342,22 +383,25 @@ def cwt_scalogram(
         raise ConfigError(f"fs must be > 0, got {fs}")
     if (scales is None) == (freqs is None):
         raise ConfigError("give exactly one of scales and freqs")
-    if wavelet not in pywt.wavelist(kind="continuous"):
-        raise ConfigError(
-            f"wavelet must be a continuous wavelet, one of {pywt.wavelist(kind='continuous')}, "
-            f"got {wavelet!r}"
-        )
+    if norm not in ("energy", "amplitude"):
+        raise ConfigError(f"norm must be 'energy' or 'amplitude', got {norm!r}")
+    wav = _continuous_wavelet(wavelet)
     if freqs is not None:
         f = np.asarray(freqs, dtype=np.float64).reshape(-1)
         if f.size == 0 or np.any(f <= 0) or np.any(f >= fs / 2):
             raise ConfigError(f"freqs must be in (0, {fs / 2:g}) Hz, got {f.tolist()}")
-        s = pywt.central_frequency(wavelet) * fs / f
+        s = pywt.central_frequency(wav) * fs / f
     else:
         s = np.asarray(scales, dtype=np.float64).reshape(-1)
         if s.size == 0 or np.any(s <= 0):
             raise ConfigError(f"scales must be > 0, got {s.tolist()}")
-    coefs, _ = pywt.cwt(x, s, wavelet, sampling_period=1.0 / fs, method="fft")
-    out = np.abs(coefs)
+    n = x.size
+    pad = n // 2 if extend else 0
+    xe = np.pad(x, pad, mode="symmetric")
+    coefs, _ = pywt.cwt(xe, s, wav, sampling_period=1.0 / fs, method="fft")
+    out = np.abs(coefs[:, pad : pad + n])
+    if norm == "amplitude":
+        out = out / np.sqrt(s)[:, None]
     if size is not None:
         h, w = (int(v) for v in size)
         if h < 1 or w < 1:

@@ -260,6 +260,8 @@ def test_scalogram_energy_peaks_at_the_sines_frequency(pywt, freq):
         ({"freqs": [200.0]}, ConfigError, r"freqs must be in \(0, 125\) Hz"),
         ({"scales": [0.0, 1.0]}, ConfigError, "scales must be > 0"),
         ({"freqs": [5.0], "wavelet": "db4"}, ConfigError, "wavelet must be a continuous"),
+        ({"freqs": [5.0], "wavelet": "cmor"}, ConfigError, "with their parameters"),
+        ({"freqs": [5.0], "norm": "l3"}, ConfigError, "norm must be 'energy' or 'amplitude'"),
         ({"freqs": [5.0], "size": (0, 10)}, ConfigError, "size must be"),
     ],
 )
@@ -267,6 +269,30 @@ def test_scalogram_errors(pywt, kwargs, error, message):
     x = _sine(10.0, 250.0, seconds=1).data[0]
     with pytest.raises(error, match=message):
         cwt_scalogram(x, 250.0, **kwargs)
+
+
+def test_amplitude_norm_gives_sines_of_equal_amplitude_equal_rows(pywt):
+    fs = 250.0
+    t = np.arange(1250) / fs
+    freqs = np.array([4.0, 16.0])
+    x = np.sin(2 * np.pi * 4.0 * t) + np.sin(2 * np.pi * 16.0 * t)
+    for wavelet in ("cmor1.5-1.0", "morl"):
+        amp = _middle(cwt_scalogram(x, fs, freqs=freqs, wavelet=wavelet, norm="amplitude"))
+        assert amp[0].mean() / amp[1].mean() == pytest.approx(1.0, rel=0.03)
+    energy = _middle(cwt_scalogram(x, fs, freqs=freqs, wavelet="cmor1.5-1.0"))
+    assert energy[0].mean() / energy[1].mean() == pytest.approx(2.0, rel=0.03)  # sqrt(16 / 4)
+
+
+def test_extension_keeps_an_offset_from_lighting_up_the_edges(pywt):
+    # zeros outside the record make a lead's offset a step at each edge; a mirrored
+    # extension does not
+    fs = 250.0
+    x = 5.0 + np.sin(2 * np.pi * 10.0 * np.arange(1250) / fs)
+    kw = {"freqs": [1.0, 10.0], "wavelet": "cmor1.5-1.0", "norm": "amplitude"}
+    low = cwt_scalogram(x, fs, **kw)[0]
+    assert low.max() < 0.05 * cwt_scalogram(x, fs, **kw)[1].mean()
+    zeros = cwt_scalogram(x, fs, extend=False, **kw)[0]
+    assert zeros[:10].mean() > 10 * low.max()
 
 
 def test_scalogram_takes_a_single_lead(pywt):
