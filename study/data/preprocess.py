@@ -8,22 +8,28 @@
    carry no filter transient. A low edge of 0 makes it a low-pass.
 3. fs: polyphase resampling (scipy.signal.resample_poly: its FIR low-pass is the
    anti-aliasing filter) by the rational factor up/down = target / fs.
-4. length: crop a longer record (rule of `crop`), keep a shorter one for step 6.
+4. length: crop a longer record (rule of `crop`), keep a shorter one for step 7.
 5. normalize: per lead, with statistics of the kept samples (padding excluded).
-6. pad a shorter record at its end up to `length` (after normalising, so zero padding sits
+6. noise (`Noise`): add synthetic noise at an exact SNR per lead, seeded by the record id,
+   to the kept samples (for the "QRS detection under noise" study).
+7. pad a shorter record at its end up to `length` (after normalising, so zero padding sits
    at a z-scored lead's mean).
+8. scalogram (`Scalogram`): replace the one remaining lead by a CWT scalogram image
+   (channels, height, width) scaled to [0, 1] (the 2-D input of Huerta et al.).
 
-`cwt_scalogram` makes the 2-D input of Huerta et al.: a continuous-wavelet scalogram of one
-lead (5 s in their work), resized to an image size.
+Steps 6 and 8 are off by default; their options enter `key()` only when they are on.
+`cwt_scalogram` is the transform behind step 8.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage, signal
@@ -33,6 +39,8 @@ from study.errors import ConfigError, DataError
 
 __all__ = [
     "Preprocessing",
+    "Noise",
+    "Scalogram",
     "resample",
     "resample_factors",
     "bandpass_filter",
@@ -54,6 +62,19 @@ _RESAMPLE_WINDOW = ("kaiser", 5.0)  # resample_poly's default anti-aliasing wind
 _RESAMPLE_PADTYPE = "line"  # extend edges along a line, not with zeros: no step at the ends
 _MAX_DENOMINATOR = 1000  # up/down factors stay small enough for a short FIR
 _FLAT_PTP = 1e-6  # mV, the readers' flat-lead rule (check_signal)
+
+NOISE_KINDS = ("gaussian", "baseline_wander", "powerline", "muscle", "mixed")
+_WANDER_BAND = (0.05, 0.5)  # Hz: respiration and electrode drift lie below 0.5 Hz
+_WANDER_COMPONENTS = 4  # sinusoids per lead
+_MUSCLE_BAND = (20.0, 150.0)  # Hz: the main band of surface EMG
+_MUSCLE_ORDER = 4  # Butterworth order per pass (sosfiltfilt)
+_MUSCLE_MARGIN = 256  # samples made past each end and dropped: no filter edge transient
+
+SCALINGS = ("minmax", "max")
+COLORMAPS = ("jet", "viridis")  # matplotlib colormaps offered for 3-channel scalograms
+_RESIZE = "scipy.ndimage.zoom order=1 mode=nearest"  # cwt_scalogram's resize, for the key
+_EXTEND = "symmetric, half the record each side"  # cwt_scalogram's edge extension
+_NORM = "amplitude"  # the scalogram's rows: equal magnitude for sines of equal amplitude
 
 
 def resample_factors(fs: float, target: float) -> tuple[int, int]:
@@ -139,6 +160,354 @@ def _normalize(x: np.ndarray, how: str) -> np.ndarray:
     return np.where(flat, 0.0, centred / np.where(flat, 1.0, scale))
 
 
+def _record_seed(*parts: object) -> int:
+    """A seed from `parts` via SHA-256: the same on every machine, run and Python process
+    (Python's hash() of a str is salted per process)."""
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: object, minimum: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _unit_noise(
+    kind: str, shape: tuple[int, int], fs: float, rng: np.random.Generator, powerline_hz: float
+) -> np.ndarray:
+    """Noise of `kind`, (leads, samples), each lead with mean 0 and mean square 1."""
+    leads, n = shape
+    t = np.arange(n) / fs
+    if kind == "gaussian":
+        z = rng.standard_normal(shape)
+    elif kind == "baseline_wander":
+        k = (leads, _WANDER_COMPONENTS, 1)
+        freq = rng.uniform(*_WANDER_BAND, size=k)
+        phase = rng.uniform(0, 2 * np.pi, size=k)
+        amp = rng.uniform(0.5, 1.0, size=k)
+        z = (amp * np.sin(2 * np.pi * freq * t + phase)).sum(axis=1)
+    elif kind == "powerline":
+        phase = rng.uniform(0, 2 * np.pi, size=(leads, 1))
+        z = np.sin(2 * np.pi * powerline_hz * t + phase)
+    elif kind == "muscle":
+        low, high = _MUSCLE_BAND
+        if high < 0.95 * fs / 2:
+            sos = signal.butter(_MUSCLE_ORDER, [low, high], "bandpass", fs=fs, output="sos")
+        else:  # the band is clipped at the Nyquist frequency: only its low edge is left
+            sos = signal.butter(_MUSCLE_ORDER, low, "highpass", fs=fs, output="sos")
+        white = rng.standard_normal((leads, n + 2 * _MUSCLE_MARGIN))
+        z = signal.sosfiltfilt(sos, white, axis=-1)[:, _MUSCLE_MARGIN : _MUSCLE_MARGIN + n]
+    else:  # mixed: the four models at equal power, drawn in this order from one generator
+        parts = ("gaussian", "baseline_wander", "powerline", "muscle")
+        z = sum(_unit_noise(p, shape, fs, rng, powerline_hz) for p in parts)
+    z = z - z.mean(axis=-1, keepdims=True)
+    rms = np.sqrt((z**2).mean(axis=-1, keepdims=True))
+    return z / np.where(rms > 0, rms, 1.0)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Synthetic noise added at an exact SNR (step 6 of `Preprocessing.apply`).
+
+    The noise of each lead is scaled so that 10 log10(signal power / noise power) equals
+    `snr_db` on the record's kept samples, where signal power is the lead's variance
+    (its mean square about its mean: an offset carries no information, and so zscore and
+    minmax leads get the same SNR) and noise power the noise's mean square (every model is
+    made zero-mean over the record). A flat lead (peak-to-peak < 1e-6, the readers' rule)
+    has no defined SNR and gets no noise. Leads get independent noise.
+
+    The noise is drawn from a generator seeded by SHA-256 of ("noise", seed, record id),
+    so a prepared cache is the same on every machine and every run, and a record's noise
+    changes with `seed` and differs between records.
+
+    Models (all at the rate after resampling):
+        gaussian: white Gaussian noise (electrode and amplifier noise).
+        baseline_wander: per lead, a sum of 4 sinusoids with frequencies uniform in
+            [0.05, 0.5) Hz, random phases and amplitudes uniform in [0.5, 1]
+            (respiration, electrode drift).
+        powerline: one sinusoid at `powerline_hz` with a random phase (mains
+            interference; no harmonics); `powerline_hz` must lie below fs / 2.
+        muscle: EMG-like noise: white Gaussian noise band-passed to 20-150 Hz by a
+            zero-phase Butterworth (order 4 per pass, scipy.signal.sosfiltfilt), drawn
+            256 samples longer at each end and cut, so no filter transient remains. Where
+            150 Hz is not below 0.95 fs / 2 the band is clipped at the Nyquist frequency
+            (a 20 Hz high-pass); the rate must exceed 40 Hz.
+        mixed: the four above, each at unit power, summed, then scaled to `snr_db`.
+
+    Not done: the recorded noise of the MIT-BIH Noise Stress Test Database (its "bw", "em"
+    and "ma" records), a possible later kind.
+
+    Attributes:
+        kind: one of NOISE_KINDS.
+        snr_db: the signal-to-noise ratio in dB (any finite value; negative: more noise
+            than signal).
+        seed: combined with the record id into the noise's seed.
+        powerline_hz: the mains frequency of "powerline" and "mixed" (50 or 60 Hz).
+
+    Raises:
+        ConfigError: an option outside its rule.
+    """
+
+    kind: str
+    snr_db: float
+    seed: int = 0
+    powerline_hz: float = 50.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in NOISE_KINDS:
+            raise ConfigError(f"noise.kind must be one of {list(NOISE_KINDS)}, got {self.kind!r}")
+        if not _is_real(self.snr_db):
+            raise ConfigError(f"noise.snr_db must be a finite number (dB), got {self.snr_db!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):  # any sign
+            raise ConfigError(f"noise.seed must be an integer, got {self.seed!r}")
+        if not _is_real(self.powerline_hz) or self.powerline_hz <= 0:
+            raise ConfigError(f"noise.powerline_hz must be > 0 (Hz), got {self.powerline_hz!r}")
+        object.__setattr__(self, "snr_db", float(self.snr_db))
+        object.__setattr__(self, "powerline_hz", float(self.powerline_hz))
+
+    def check_rate(self, fs: float) -> None:
+        """Raise ConfigError if this noise cannot be made at `fs` Hz."""
+        if self.kind in ("powerline", "mixed") and self.powerline_hz >= fs / 2:
+            raise ConfigError(
+                f"noise.powerline_hz must be below the Nyquist frequency {fs / 2:g} Hz of the "
+                f"{fs:g} Hz signal (after resampling), got {self.powerline_hz:g}"
+            )
+        if self.kind in ("muscle", "mixed") and fs / 2 <= _MUSCLE_BAND[0]:
+            raise ConfigError(
+                f"noise kind {self.kind!r} needs a rate above {2 * _MUSCLE_BAND[0]:g} Hz (its "
+                f"band starts at {_MUSCLE_BAND[0]:g} Hz), got {fs:g} Hz"
+            )
+
+    def key(self) -> dict:
+        return {
+            "kind": self.kind,
+            "snr_db": self.snr_db,
+            "seed": self.seed,
+            "powerline_hz": self.powerline_hz,
+            "model": {  # the constants behind the models, so a change to one moves the key
+                "wander_band": list(_WANDER_BAND),
+                "wander_components": _WANDER_COMPONENTS,
+                "muscle_band": list(_MUSCLE_BAND),
+                "muscle_order": _MUSCLE_ORDER,
+                "muscle_margin": _MUSCLE_MARGIN,
+            },
+        }
+
+    @classmethod
+    def from_key(cls, key: Mapping) -> Noise:
+        return _step_from_mapping(cls, key, "noise", derived=frozenset({"model"}))
+
+    def add(self, x: np.ndarray, fs: float, record_id: str | None) -> np.ndarray:
+        """`x` (leads, samples) at `fs` Hz with this noise added (float64).
+
+        Raises:
+            ConfigError: no record id (it seeds the noise), or a rate check_rate refuses.
+        """
+        if record_id is None:
+            raise ConfigError(
+                "noise needs the record id (it seeds the noise): call apply(signal, record_id)"
+            )
+        self.check_rate(fs)
+        if x.shape[-1] == 0:
+            return x
+        rng = np.random.default_rng(_record_seed("noise", self.seed, record_id))
+        unit = _unit_noise(self.kind, x.shape, fs, rng, self.powerline_hz)
+        power = x.var(axis=-1, keepdims=True)
+        flat = np.ptp(x, axis=-1, keepdims=True) < _FLAT_PTP
+        gain = np.where(flat, 0.0, np.sqrt(power / 10 ** (self.snr_db / 10)))
+        return x + gain * unit
+
+
+def _continuous_wavelet(name: object, option: str = "wavelet"):
+    """The pywt.ContinuousWavelet called `name` (`option`: its name in error messages).
+
+    Raises:
+        ConfigError: not the name of a continuous PyWavelets wavelet, or a family that takes
+            parameters named without them ("cmor" rather than "cmor1.5-1.0").
+    """
+    import pywt
+
+    def refuse() -> ConfigError:
+        return ConfigError(
+            f"{option} must be a continuous PyWavelets wavelet, one of "
+            f"{pywt.wavelist(kind='continuous')} (cmor, shan and fbsp with their parameters, "
+            f"e.g. 'cmor1.5-1.0'), got {name!r}"
+        )
+
+    if not isinstance(name, str) or name != name.strip():  # " morl" would be another key
+        raise refuse()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pywt only warns about a family without parameters
+        try:
+            return pywt.ContinuousWavelet(name)
+        except (ValueError, FutureWarning, DeprecationWarning) as e:
+            raise refuse() from e
+
+
+@dataclass(frozen=True)
+class Scalogram:
+    """A CWT scalogram image of the one remaining lead (step 8 of `Preprocessing.apply`).
+
+    For Huerta et al. (AlexNet on scalograms of 5-s single-lead ECG). The image is
+    `cwt_scalogram` of the lead (magnitude of the CWT, the record extended by reflection
+    at both ends as MATLAB's cwt does by default) at `n_scales` frequencies spaced
+    geometrically from fmax (row 0, the top of the image) down to fmin, resized to `size`
+    by linear interpolation, then scaled per record to [0, 1]. Geometric spacing because a
+    wavelet's bandwidth grows with its frequency (constant Q): equal ratios give
+    neighbouring rows equal overlap, as MATLAB's voices-per-octave scales do; linear
+    spacing would spend most rows on the high band where they overlap most. The resized
+    rows stay geometric: `frequencies()` gives the frequency of each output row.
+
+    Attributes:
+        wavelet: a continuous PyWavelets wavelet. Default "cmor1.5-1.0", a complex
+            (analytic) Morlet whose magnitude is the smooth envelope of the oscillation;
+            the real Morlet "morl" gives |coefficients| that ripple at twice the frequency,
+            and resizing the time axis to `size` samples that ripple (aliasing); and
+            PyWavelets puts morl's centre at 0.8125, its estimate of 5 / (2 pi) = 0.796, so
+            a morl row responds about 2% below its nominal frequency.
+        freqs: (fmin, fmax) Hz; fmax must lie below the Nyquist frequency of the signal
+            after resampling.
+        n_scales: CWT rows before resizing (>= 2).
+        size: (height, width) of the image.
+        channels: 1 (grey), or 3: the grey image repeated, or mapped by `colormap`.
+        colormap: None, or one of COLORMAPS (matplotlib) for 3 channels (RGB in [0, 1]).
+        scaling: per record, "minmax" maps the image's minimum to 0 and maximum to 1
+            (MATLAB's rescale/mat2gray before saving an image); "max" divides by the maximum
+            (0 stays no energy). A flat lead (peak-to-peak < 1e-6) gives an all-0 image.
+
+    Raises:
+        ConfigError: an option outside its rule.
+    """
+
+    wavelet: str = "cmor1.5-1.0"
+    freqs: tuple[float, float] = (1.0, 40.0)
+    n_scales: int = 64
+    size: tuple[int, int] = (224, 224)
+    channels: int = 1
+    colormap: str | None = None
+    scaling: str = "minmax"
+
+    def __post_init__(self) -> None:
+        _continuous_wavelet(self.wavelet, "scalogram.wavelet")
+        f = tuple(self.freqs) if not isinstance(self.freqs, str) else ()
+        if len(f) != 2 or not all(_is_real(v) for v in f) or not 0 < f[0] < f[1]:
+            raise ConfigError(
+                f"scalogram.freqs must be (fmin, fmax) Hz with 0 < fmin < fmax, got {self.freqs!r}"
+            )
+        object.__setattr__(self, "freqs", (float(f[0]), float(f[1])))
+        if not _is_int(self.n_scales, 2):
+            raise ConfigError(f"scalogram.n_scales must be an integer >= 2, got {self.n_scales!r}")
+        size = tuple(self.size) if not isinstance(self.size, str) else ()
+        if len(size) != 2 or not all(_is_int(v, 1) for v in size):
+            raise ConfigError(
+                f"scalogram.size must be (height, width), integers >= 1, got {self.size!r}"
+            )
+        object.__setattr__(self, "size", size)
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise ConfigError(f"scalogram.channels must be 1 or 3, got {self.channels!r}")
+        if self.colormap is not None and self.colormap not in COLORMAPS:
+            raise ConfigError(
+                f"scalogram.colormap must be one of {list(COLORMAPS)} or None, got "
+                f"{self.colormap!r}"
+            )
+        if self.colormap is not None and self.channels != 3:
+            raise ConfigError(
+                f"scalogram.colormap {self.colormap!r} makes an RGB image: it needs channels 3, "
+                f"got {self.channels}"
+            )
+        if self.scaling not in SCALINGS:
+            raise ConfigError(
+                f"scalogram.scaling must be one of {list(SCALINGS)}, got {self.scaling!r}"
+            )
+
+    def row_freqs(self) -> np.ndarray:
+        """The CWT's frequencies (Hz), row by row before resizing: fmax down to fmin."""
+        return np.geomspace(self.freqs[1], self.freqs[0], self.n_scales)
+
+    def frequencies(self) -> np.ndarray:
+        """The frequency (Hz) of each row of the output image, fmax (row 0) down to fmin.
+
+        Linear interpolation between rows spaced geometrically keeps them geometric (the
+        resize maps output row i to input row i (n_scales - 1) / (height - 1))."""
+        return np.geomspace(self.freqs[1], self.freqs[0], self.size[0])
+
+    def check_rate(self, fs: float) -> None:
+        """Raise ConfigError if fmax is not below the Nyquist frequency of `fs`."""
+        if self.freqs[1] >= fs / 2:
+            raise ConfigError(
+                f"scalogram.freqs: fmax must be below the Nyquist frequency {fs / 2:g} Hz of the "
+                f"{fs:g} Hz signal (after resampling), got {self.freqs[1]:g}"
+            )
+
+    def key(self) -> dict:
+        return {
+            "wavelet": self.wavelet,
+            "freqs": list(self.freqs),
+            "n_scales": self.n_scales,
+            "size": list(self.size),
+            "channels": self.channels,
+            "colormap": self.colormap,
+            "scaling": self.scaling,
+            "method": {
+                "spacing": "geometric",
+                "norm": _NORM,
+                "extend": _EXTEND,
+                "resize": _RESIZE,
+            },
+        }
+
+    @classmethod
+    def from_key(cls, key: Mapping) -> Scalogram:
+        return _step_from_mapping(cls, key, "scalogram", derived=frozenset({"method"}))
+
+    def image(self, x: np.ndarray, fs: float) -> np.ndarray:
+        """The scalogram of `x` (1, samples) at `fs` Hz, float32 (channels, height, width).
+
+        Raises:
+            ConfigError: fmax not below fs / 2.
+        """
+        self.check_rate(fs)
+        h, w = self.size
+        if np.ptp(x) < _FLAT_PTP:  # no content: minmax would blow numerical dust up to [0, 1]
+            img = np.zeros((h, w))
+        else:
+            img = cwt_scalogram(
+                x, fs, freqs=self.row_freqs(), wavelet=self.wavelet, size=self.size, norm=_NORM
+            ).astype(np.float64)
+            low = img.min() if self.scaling == "minmax" else 0.0
+            span = img.max() - low
+            img = np.clip((img - low) / span, 0.0, 1.0) if span > 0 else np.zeros_like(img)
+        if self.channels == 1:
+            out = img[None]
+        elif self.colormap is None:
+            out = np.repeat(img[None], 3, axis=0)
+        else:
+            import matplotlib  # a declared dependency; only the colour scalogram needs it
+
+            out = np.moveaxis(matplotlib.colormaps[self.colormap](img)[..., :3], -1, 0)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _step_from_mapping(
+    cls: type, options: Any, name: str, derived: frozenset[str] = frozenset()
+) -> Any:
+    """`cls(**options)` for an optional step given as a mapping (a key or a config dict)."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{name} must be a mapping of its options, got {options!r}")
+    valid = {f.name for f in fields(cls)}
+    unknown = set(options) - valid - derived
+    if unknown:
+        raise ConfigError(f"unknown {name} options {sorted(unknown)}; valid: {sorted(valid)}")
+    required = {f.name for f in fields(cls) if f.default is MISSING}
+    missing = required - set(options)
+    if missing:
+        raise ConfigError(f"{name} needs {sorted(missing)}")
+    return cls(**{k: v for k, v in options.items() if k in valid})
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """What to do to each record; the defaults change nothing (order: module docstring).
@@ -158,6 +527,10 @@ class Preprocessing:
             out all 0.
         bandpass: (low, high) Hz of a zero-phase Butterworth filter (low 0: low-pass only);
             high must lie below the Nyquist frequency of the record and of `fs`.
+        noise: a `Noise` (or a mapping of its options) to add after normalising; None adds
+            none. Needs the record id.
+        scalogram: a `Scalogram` (or a mapping of its options): the output becomes an image
+            (channels, height, width) of the one lead left; None keeps (leads, samples).
 
     Raises:
         ConfigError: an option outside its rule (the message names it and the value).
@@ -170,8 +543,15 @@ class Preprocessing:
     pad: Pad = "zero"
     normalize: Normalize | None = None
     bandpass: tuple[float, float] | None = None
+    noise: Noise | None = None
+    scalogram: Scalogram | None = None
 
     def __post_init__(self) -> None:
+        if self.noise is not None and not isinstance(self.noise, Noise):
+            object.__setattr__(self, "noise", _step_from_mapping(Noise, self.noise, "noise"))
+        if self.scalogram is not None and not isinstance(self.scalogram, Scalogram):
+            step = _step_from_mapping(Scalogram, self.scalogram, "scalogram")
+            object.__setattr__(self, "scalogram", step)
         if self.leads is not None:
             if isinstance(self.leads, str):
                 raise ConfigError(f"leads must be a sequence of lead names, got {self.leads!r}")
@@ -210,10 +590,21 @@ class Preprocessing:
                 f"bandpass high edge must be below the target Nyquist frequency {self.fs / 2:g}"
                 f" Hz, got {self.bandpass[1]}"
             )
+        if self.scalogram is not None and self.leads is not None and len(self.leads) != 1:
+            raise ConfigError(
+                f"the scalogram takes exactly one lead: leads must name one, got {list(self.leads)}"
+            )
+        if self.fs is not None:  # else checked at apply(), against the record's own rate
+            for step in (self.noise, self.scalogram):
+                if step is not None:
+                    step.check_rate(self.fs)
 
     def key(self) -> dict:
-        """Everything that determines apply()'s output, JSON-able (for the cache key)."""
-        return {
+        """Everything that determines apply()'s output, JSON-able (for the cache key).
+
+        The optional steps (noise, scalogram) appear only when on, so adding a step that
+        is off by default never changes the key of an existing configuration."""
+        key = {
             "version": PREPROCESS_VERSION,
             "fs": self.fs,
             "leads": list(self.leads) if self.leads is not None else None,
@@ -230,6 +621,11 @@ class Preprocessing:
                 "max_denominator": _MAX_DENOMINATOR,
             },
         }
+        for name in _STEPS:
+            step = getattr(self, name)
+            if step is not None:
+                key[name] = step.key()
+        return key
 
     @classmethod
     def from_key(cls, key: dict) -> Preprocessing:
@@ -249,20 +645,29 @@ class Preprocessing:
             raise ConfigError(
                 f"unknown preprocessing options {sorted(unknown)}; valid: {sorted(names)}"
             )
-        return cls(**{k: v for k, v in key.items() if k in names})
+        options = {k: v for k, v in key.items() if k in names}
+        for name, step in ((n, s) for n, s in _STEPS.items() if options.get(n) is not None):
+            options[name] = step.from_key(options[name])
+        return cls(**options)
 
     def apply(self, sig: Signal, record_id: str | None = None) -> np.ndarray:
         """The preprocessed signal, float32 (leads, samples).
 
         Args:
             sig: a reader's signal.
-            record_id: the record's id; needed by crop "random-fixed" and named in errors.
+            record_id: the record's id; needed by crop "random-fixed" and by noise (it seeds
+                both) and named in errors.
+
+        Returns:
+            float32 (leads, samples); with a scalogram, float32 (channels, height, width).
 
         Raises:
             BadRecord (record_id given) or DataError: a lead of `leads` is missing, or the
                 record is too short to band-pass.
-            ConfigError: "random-fixed" without a record id, or a rate that cannot be
-                band-passed or resampled as asked.
+            ConfigError: "random-fixed" or noise without a record id, a rate that cannot be
+                band-passed, resampled, given the noise or the scalogram's fmax as asked, or
+                a scalogram of a record with more than one lead left (a spec mistake, not a
+                bad record: it fails instead of skipping every record).
         """
         x = np.asarray(sig.data, dtype=np.float64)
         names = tuple(sig.lead_names)
@@ -279,6 +684,7 @@ class Preprocessing:
                     raise BadRecord(record_id, reason)
                 raise DataError(reason)
             x = x[[names.index(n) for n in self.leads]]
+            names = self.leads
         if self.bandpass is not None:
             try:
                 x = bandpass_filter(x, sig.fs, self.bandpass)
@@ -294,36 +700,25 @@ class Preprocessing:
             x = x[:, start : start + self.length]
         if self.normalize is not None:
             x = _normalize(x, self.normalize)
+        fs = self.fs if self.fs is not None else sig.fs
+        if self.noise is not None:
+            x = self.noise.add(x, fs, record_id)
         if self.length is not None and n < self.length:
             mode = "constant" if self.pad == "zero" else "edge"
             x = np.pad(x, ((0, 0), (0, self.length - n)), mode=mode)
+        if self.scalogram is not None:
+            if x.shape[0] != 1:
+                where = f"record {record_id}: " if record_id is not None else ""
+                raise ConfigError(
+                    f"{where}the scalogram takes exactly one lead, got {x.shape[0]} "
+                    f"{list(names)}; set preprocessing.leads to one lead"
+                )
+            x = self.scalogram.image(x, fs)
         return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _continuous_wavelet(name: object, option: str = "wavelet"):
-    """The pywt.ContinuousWavelet called `name` (`option`: its name in error messages).
-
-    Raises:
-        ConfigError: not the name of a continuous PyWavelets wavelet, or a family that takes
-            parameters named without them ("cmor" rather than "cmor1.5-1.0").
-    """
-    import pywt
-
-    def refuse() -> ConfigError:
-        return ConfigError(
-            f"{option} must be a continuous PyWavelets wavelet, one of "
-            f"{pywt.wavelist(kind='continuous')} (cmor, shan and fbsp with their parameters, "
-            f"e.g. 'cmor1.5-1.0'), got {name!r}"
-        )
-
-    if not isinstance(name, str) or name != name.strip():  # " morl" would be another key
-        raise refuse()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # pywt only warns about a family without parameters
-        try:
-            return pywt.ContinuousWavelet(name)
-        except (ValueError, FutureWarning, DeprecationWarning) as e:
-            raise refuse() from e
+# The optional steps: Preprocessing field -> its class (key() and from_key() go through it).
+_STEPS: dict[str, type] = {"noise": Noise, "scalogram": Scalogram}
 
 
 def cwt_scalogram(

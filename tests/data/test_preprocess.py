@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from study.data.preprocess import Preprocessing, cwt_scalogram, resample_factors
+from study.data.config import DatasetConfig, PreprocessingConfig
+from study.data.preprocess import Noise, Preprocessing, Scalogram, cwt_scalogram, resample_factors
 from study.data.readers import BadRecord, Signal
 from study.errors import ConfigError, DataError
 
@@ -180,11 +181,62 @@ def test_key_is_json_and_changes_with_every_option():
         Preprocessing(bandpass=(1.0, 40.0)),
         Preprocessing(crop="start"),
         Preprocessing(pad="edge"),
+        Preprocessing(noise=Noise("gaussian", 6.0)),
+        Preprocessing(noise=Noise("gaussian", 12.0)),
+        Preprocessing(noise=Noise("gaussian", 6.0, seed=1)),
+        Preprocessing(noise=Noise("powerline", 6.0)),
+        Preprocessing(noise=Noise("powerline", 6.0, powerline_hz=60.0)),
+        Preprocessing(noise=Noise("baseline_wander", 6.0)),
+        Preprocessing(noise=Noise("muscle", 6.0)),
+        Preprocessing(noise=Noise("mixed", 6.0)),
+        Preprocessing(scalogram=Scalogram()),
+        Preprocessing(scalogram=Scalogram(wavelet="morl")),
+        Preprocessing(scalogram=Scalogram(freqs=(0.5, 40.0))),
+        Preprocessing(scalogram=Scalogram(n_scales=32)),
+        Preprocessing(scalogram=Scalogram(size=(227, 227))),
+        Preprocessing(scalogram=Scalogram(channels=3)),
+        Preprocessing(scalogram=Scalogram(channels=3, colormap="jet")),
+        Preprocessing(scalogram=Scalogram(scaling="max")),
+        Preprocessing(
+            fs=250,
+            leads=("II",),
+            length=1250,
+            normalize="zscore",
+            noise=Noise("mixed", 0.0, seed=5, powerline_hz=60.0),
+            scalogram=Scalogram(channels=3, colormap="viridis"),
+        ),
     ]
     keys = [json.dumps(p.key(), sort_keys=True) for p in variants]
     assert len(set(keys)) == len(keys)
     for p in variants:
         assert Preprocessing.from_key(json.loads(json.dumps(p.key()))) == p
+
+
+def test_steps_that_are_off_stay_out_of_the_key():
+    # keys made before noise and scalogram existed still describe the same preprocessing
+    assert {"noise", "scalogram"}.isdisjoint(Preprocessing(fs=100).key())
+    old = {k: v for k, v in Preprocessing(fs=100).key().items()}
+    assert Preprocessing.from_key(old) == Preprocessing(fs=100)
+    assert {"noise", "scalogram"}.isdisjoint(DatasetConfig().key_fields()["preprocessing"])
+    assert {"noise", "scalogram"}.isdisjoint(PreprocessingConfig(fs=100).key_fields())
+
+
+def test_the_config_round_trips_through_build_and_key():
+    cfg = PreprocessingConfig(
+        fs=250,
+        leads=["II"],
+        length=1250,
+        normalize="zscore",
+        noise={"kind": "muscle", "snr_db": 3, "seed": 9},
+        scalogram={"size": [227, 227], "channels": 3},
+    )
+    pre = cfg.build()
+    assert pre.noise == Noise("muscle", 3.0, seed=9)
+    assert pre.scalogram == Scalogram(size=(227, 227), channels=3)
+    assert Preprocessing.from_key(json.loads(json.dumps(pre.key()))) == pre
+    assert PreprocessingConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+    assert PreprocessingConfig().is_identity and not cfg.is_identity
+    assert not PreprocessingConfig(scalogram={}).is_identity
 
 
 def test_lists_from_a_config_become_tuples():
@@ -218,6 +270,12 @@ def test_from_key_rejects_unknown_options():
     key = Preprocessing().key() | {"window": 3}
     with pytest.raises(ConfigError, match=r"unknown preprocessing options \['window'\]"):
         Preprocessing.from_key(key)
+    key = Preprocessing(scalogram=Scalogram()).key()
+    key["scalogram"]["height"] = 3
+    with pytest.raises(ConfigError, match=r"unknown scalogram options \['height'\]; valid:"):
+        Preprocessing.from_key(key)
+    with pytest.raises(ConfigError, match="noise must be a mapping of its options"):
+        Preprocessing(noise="gaussian")
 
 
 # --- CWT scalogram --------------------------------------------------------------------------
