@@ -27,6 +27,8 @@ from study.errors import StorageError
 
 __all__ = ["Store", "filesystem_for"]
 
+_CHUNK = 16 << 20  # bytes per write when streaming a file into the store
+
 
 def _s3_filesystem(query: dict[str, list[str]]) -> pafs.S3FileSystem:
     """An S3 filesystem honouring the standard AWS environment variables.
@@ -111,6 +113,19 @@ class Store:
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write `data` at `rel` atomically (a reader sees the old file or the new, never half)."""
+        self._write(rel, lambda f: f.write(data))
+
+    def upload_file(self, src: Path, rel: str) -> None:
+        """Copy the local file `src` to `rel` atomically, streaming (never all in memory)."""
+
+        def copy(out) -> None:
+            with open(src, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    out.write(chunk)
+
+        self._write(rel, copy)
+
+    def _write(self, rel: str, fill) -> None:
         final = self.path(rel)
         parent = final.rsplit("/", 1)[0]
         try:
@@ -119,11 +134,12 @@ class Store:
                 self.fs.create_dir(parent, recursive=True)
                 tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
                 with self.fs.open_output_stream(tmp) as f:
-                    f.write(data)
+                    fill(f)
                 os.replace(tmp, final)
             else:
+                # an S3 object appears only when its (multipart) upload completes
                 with self.fs.open_output_stream(final) as f:
-                    f.write(data)
+                    fill(f)
         except OSError as e:
             raise StorageError(f"cannot write {rel} in store {self.uri}: {e}") from e
 
@@ -174,11 +190,12 @@ class Store:
             destination_filesystem=pafs.LocalFileSystem(),
         )
 
-    def upload_dir(self, src: Path, rel_dir: str) -> None:
-        """Copy a local folder into the store, each file written atomically."""
-        for p in sorted(src.rglob("*")):
-            if p.is_file():
-                self.write_bytes(f"{rel_dir}/{p.relative_to(src).as_posix()}", p.read_bytes())
+    def upload_dir(self, src: Path, rel_dir: str, last: str | None = None) -> None:
+        """Copy a local folder into the store, each file written atomically; the file named
+        `last` (e.g. a marker of completeness) is written after all the others."""
+        files = sorted((p for p in src.rglob("*") if p.is_file()), key=lambda p: p.name == last)
+        for p in files:
+            self.upload_file(p, f"{rel_dir}/{p.relative_to(src).as_posix()}")
 
     # --- Parquet -----------------------------------------------------------------------
     def write_table(self, rel: str, table: pa.Table) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -43,8 +44,6 @@ from study.store import Store
 from study.sweep.plan import Unit
 from study.training import (
     FitConfig,
-    choose_thresholds,
-    classification_metrics,
     fit,
     load_state_bytes,
     predict,
@@ -52,6 +51,7 @@ from study.training import (
     state_to_bytes,
 )
 from study.training.checkpoint import load_backbone
+from study.training.evaluation import as_row, score_split
 
 __all__ = [
     "run_finetune_unit",
@@ -143,7 +143,73 @@ def _load_checkpoint(store: Store, uid: str) -> dict | None:
         ) from e
 
 
-def _fit_config(unit: Unit, device: str, batch_size: int | None = None) -> FitConfig:
+# What each pretraining task trains (the loop's task kinds); "classification" trains on the
+# upstream dataset's own kind of labels (multi_label or single_label).
+_PRETRAIN_KIND = {
+    "autoencoder": "reconstruction",
+    "future": "contrastive",
+    "qrs": "per_sample",
+    "beat": "single_label",
+    "rhythm": "single_label",
+    "heart_rate": "single_label",
+}
+
+
+def label_kind(data: PreparedDataset) -> str:
+    """multi_label, single_label or per_sample: the kind of labels a prepared dataset has."""
+    return data.meta.get("label_kind", "multi_label")
+
+
+def task_kind(unit: Unit, data: PreparedDataset) -> str:
+    """What `unit` trains its model to do on `data` (one of study.training.TASKS).
+
+    Raises:
+        DataError: the dataset's labels are not what the task needs (e.g. a qrs task on a
+            dataset without per-sample QRS targets, or a per-sample model on record labels).
+    """
+    c = unit.config
+    have = label_kind(data)
+    if unit.stage == "pretrain":
+        kind = _PRETRAIN_KIND.get(c["task"], have)
+        if kind in ("single_label", "per_sample") and c["task"] != "classification":
+            if have != kind:
+                raise DataError(
+                    f"the {c['task']} task needs {kind} labels, but {data.name} was prepared "
+                    f"with {have} labels ({data.path})"
+                )
+    else:
+        kind = have
+    if kind in ("multi_label", "single_label", "per_sample"):
+        per_sample_model = (
+            model_info(c["architecture"], **c["architecture_options"])["output_kind"]
+            == "per_sample"
+        )
+        if per_sample_model != (kind == "per_sample"):
+            raise DataError(
+                f"{c['architecture']} gives {'per-sample' if per_sample_model else 'per-record'}"
+                f" outputs, but {data.name} has {kind} labels"
+            )
+    return kind
+
+
+def _class_codes(data: PreparedDataset) -> dict[str, list[str]] | None:
+    """SNOMED-CT codes of each class, when the label set is one of the SNOMED tables."""
+    from study.data.snomed import LABEL_SETS
+
+    label_set = (data.meta.get("config") or {}).get("label_set")
+    if label_set is None:
+        from study.data.readers import READERS
+
+        if data.name not in READERS:
+            return None
+        label_set = next(iter(READERS.get(data.name).label_sets), None)
+    if label_set not in LABEL_SETS:
+        return None
+    table = LABEL_SETS[label_set]
+    return {c: sorted(table[c]) for c in data.classes if c in table}
+
+
+def _fit_config(unit: Unit, device: str, kind: str, batch_size: int | None = None) -> FitConfig:
     t = unit.config["train"]
     return FitConfig(
         epochs=t["epochs"],
@@ -160,7 +226,7 @@ def _fit_config(unit: Unit, device: str, batch_size: int | None = None) -> FitCo
         amp=t.get("amp", True),
         deterministic=t.get("deterministic", False),
         stage_lr=t.get("stage_lr"),
-        task="reconstruction" if unit.config.get("task") == "autoencoder" else "classification",
+        task=kind,
     )
 
 
@@ -238,10 +304,10 @@ def run_finetune_unit(
     try:
         seed_everything(c["seed"])
         data = open_prepared(store, c["downstream_key"])
+        kind = task_kind(unit, data)
         train_idx = data.train_subset(c["data_fraction"], c["repeat"], c.get("train_folds"))
-        train = data.arrays(train_idx)
-        val = data.arrays(data.split_indices("val"))
-        test = data.arrays(data.split_indices("test"))
+        val_idx, test_idx = data.split_indices("val"), data.split_indices("test")
+        train, val, test = data.arrays(train_idx), data.arrays(val_idx), data.arrays(test_idx)
         info = model_info(c["architecture"], **c["architecture_options"])
         options = dict(c["architecture_options"])
         if "with_decoder" in info["options"]:
@@ -262,13 +328,24 @@ def run_finetune_unit(
         on_epoch = _epoch_callback(store, unit, report)
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
-        result = fit(model, train, val, _fit_config(unit, device), resume=resume, on_epoch=on_epoch)
+        cfg = _fit_config(unit, device, kind)
+        result = fit(model, train, val, cfg, resume=resume, on_epoch=on_epoch)
         train_seconds = _train_seconds(result, resume is not None, t0)
         model.load_state_dict(result.best_state)
-        p_val = predict(model, val[0], device=device)
-        p_test = predict(model, test[0], device=device)
-        thresholds = choose_thresholds(val[1], p_val)
-        test_m = classification_metrics(test[1], p_test, thresholds)
+        p_val = predict(model, val[0], device=device, task=kind)
+        p_test = predict(model, test[0], device=device, task=kind)
+        beats = None
+        if kind == "per_sample":
+            beats = (data.beats(np.sort(val_idx)), data.beats(np.sort(test_idx)))
+        test_m = score_split(
+            kind,
+            data.classes,
+            (val[1], p_val),
+            (test[1], p_test),
+            class_codes=_class_codes(data),
+            fs=data.meta.get("fs"),
+            beats=beats,
+        )
         row = {
             **_common_fields(unit, result, train_seconds, env, device),
             "architecture": c["architecture_label"],
@@ -284,7 +361,8 @@ def run_finetune_unit(
             "n_train": len(train_idx),
             "n_val": len(val[1]),
             "n_test": len(test[1]),
-            **{f"test_{k}": v for k, v in test_m.items()},
+            "task": kind,
+            **as_row(test_m),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
         _commit(store, unit, row, result.history, trial_path(uid), TRIALS_SCHEMA)
@@ -315,6 +393,7 @@ def run_pretrain_worker(
     try:
         seed_everything(c["seed"])
         data = open_prepared(store, c["upstream_key"])
+        kind = task_kind(unit, data)
         train_idx = data.split_indices("train", c.get("train_folds"))
         train, val = data.arrays(train_idx), data.arrays(data.split_indices("val"))
         model = create_model(
@@ -324,6 +403,12 @@ def run_pretrain_worker(
             input_length=data.n_samples,
             **c["architecture_options"],
         )
+        trained: torch.nn.Module = model
+        if kind == "contrastive":
+            from study.training.cpc import CPC
+
+            # the CPC module holds the model as its `encoder`; only the encoder is kept
+            trained = CPC(model, **c.get("task_options", {}))
         # The spec's batch size is global: each of the DDP workers takes its share.
         per_worker = max(1, c["train"]["batch_size"] // world_size)
 
@@ -332,17 +417,17 @@ def run_pretrain_worker(
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
         result = fit(
-            model,
+            trained,
             train,
             val,
-            _fit_config(unit, device, per_worker),
+            _fit_config(unit, device, kind, per_worker),
             resume=resume,
             on_epoch=on_epoch,
         )
         if rank != 0:
             return
         train_seconds = _train_seconds(result, resume is not None, t0)
-        model.load_state_dict(result.best_state)
+        trained.load_state_dict(result.best_state)
         store.write_bytes(weights_path(uid), state_to_bytes(model.state_dict()))
         store.write_json(
             f"pretrained/{uid}/model.json",
@@ -350,6 +435,8 @@ def run_pretrain_worker(
                 "model": model.config,
                 "classifier_prefixes": list(model.classifier_prefixes),
                 "classes": data.classes,
+                "task": c["task"],
+                "task_kind": kind,
                 "lead_names": data.meta["lead_names"],
                 "fs": data.meta["fs"],
                 "n_samples": data.n_samples,

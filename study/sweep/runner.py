@@ -26,6 +26,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from study.data import prepare, prepared_key
+from study.data.config import DatasetConfig
 from study.errors import ConfigError, StorageError, StudyError
 from study.schema import run_marker_path
 from study.store import Store
@@ -123,23 +124,47 @@ def done_ids(store: Store, units: Iterable[Unit]) -> set[str]:
     return {u.unit_id for u in units if u.unit_id in present}
 
 
-def prepare_datasets(store: Store, spec: Spec) -> None:
-    """Prepare each dataset of the study once into the store (meta.json last: it marks a
-    complete copy). Real datasets are read from their source folder on this machine."""
-    for name in sorted(set(spec.upstream) | set(spec.downstream)):
+def study_datasets(spec: Spec) -> dict[str, tuple[str, DatasetConfig]]:
+    """Every prepared dataset a study reads, by cache key: each downstream dataset, and each
+    upstream once per distinct preparation its pretraining tasks need."""
+    out: dict[str, tuple[str, DatasetConfig]] = {}
+    for name in spec.downstream:
         config = spec.dataset_config(name)
-        key = prepared_key(name, config)
-        if store.exists(f"prepared/{key}/meta.json"):
-            continue
-        _log(f"preparing dataset {name} ({key})")
-        if store.is_local:
-            prepare(name, cache_dir=Path(store.path("prepared")), config=config, progress=True)
-            continue
-        from study.data.prepared import default_cache_dir
+        out[prepared_key(name, config)] = (name, config)
+    for name in spec.upstream:
+        for task in spec.pretrain.tasks:
+            config = spec.upstream_config(name, task)
+            out[prepared_key(name, config)] = (name, config)
+    return dict(sorted(out.items()))
 
-        local = prepare(name, cache_dir=default_cache_dir(), config=config, progress=True)
-        for p in sorted(local.iterdir(), key=lambda p: p.name == "meta.json"):
-            store.write_bytes(f"prepared/{key}/{p.name}", p.read_bytes())
+
+def prepare_datasets(store: Store, spec: Spec, units: list | None = None) -> None:
+    """Prepare each dataset of the study once into the store (meta.json last: it marks a
+    complete copy). Real datasets are read from their source folder on this machine.
+
+    With `units`, also check that each unit's task fits its prepared dataset (label kind,
+    per-sample vs per-record model) before anything is trained.
+
+    Raises:
+        DataError: a dataset cannot be prepared, or a unit's task does not fit its data.
+    """
+    from study.data.prepared import PreparedDataset, default_cache_dir
+    from study.sweep.execute import task_kind
+
+    opened: dict[str, PreparedDataset] = {}
+    for key, (name, config) in study_datasets(spec).items():
+        local = Path(store.path("prepared")) if store.is_local else default_cache_dir()
+        if not store.exists(f"prepared/{key}/meta.json"):
+            _log(f"preparing dataset {name} ({key})")
+            path = prepare(name, cache_dir=local, config=config, progress=True)
+            if not store.is_local:
+                store.upload_dir(path, f"prepared/{key}", last="meta.json")
+        if units is not None and (local / key / "meta.json").exists():
+            opened[key] = PreparedDataset(local / key)
+    for unit in units or []:
+        key = unit.config.get("upstream_key") or unit.config["downstream_key"]
+        if key in opened:
+            task_kind(unit, opened[key])
 
 
 # --- Ray ------------------------------------------------------------------------------------
@@ -310,7 +335,7 @@ def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> Study
     )
     if not pending:
         return _outcome(store, plan, done)
-    prepare_datasets(store, spec)
+    prepare_datasets(store, spec, pending)
     ensure_ray(address)
     bar = tqdm(
         total=len(pending),
