@@ -55,6 +55,14 @@ _METRIC_LABELS = {
     "val_macro_auroc": "val AUROC",
     "test_macro_f1": "macro F1",
     "test_weighted_f1": "weighted F1",
+    "test_qrs_f1": "QRS F1",
+    "test_qrs_sensitivity": "QRS sensitivity",
+    "test_qrs_ppv": "QRS PPV",
+    "test_challenge_score": "challenge score",
+    "test_cinc2017_score": "CinC 2017 F1",
+    "test_accuracy": "accuracy",
+    "test_sensitivity": "sensitivity",
+    "test_specificity": "specificity",
 }
 _SUMMARY_COLUMNS = [
     "metric",

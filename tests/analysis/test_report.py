@@ -353,3 +353,22 @@ def test_import_pulls_in_neither_torch_nor_ray() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_study_reports_the_metrics_its_task_has():
+    import numpy as np
+    import pandas as pd
+
+    from analysis import default_metrics
+
+    qrs = pd.DataFrame({"test_macro_auroc": [np.nan], "test_qrs_f1": [0.9], "test_qrs_ppv": [0.8]})
+    assert default_metrics(qrs) == ["test_qrs_f1", "test_qrs_ppv"]
+    cls = pd.DataFrame(
+        {
+            "test_macro_auroc": [0.8],
+            "test_macro_f1": [0.5],
+            "test_cinc2017_score": [0.7],
+            "test_qrs_f1": [None],
+        }
+    )
+    assert default_metrics(cls) == ["test_macro_auroc", "test_macro_f1", "test_cinc2017_score"]
