@@ -7,6 +7,11 @@ found), lists its records with patient and labels, and reads one record's signal
 Signals come back as float32 (leads, samples) in millivolts, at the record's own sampling
 rate, with lead names in the dataset's own order; resampling, lead selection and length
 fixing are preprocessing (study/data/preprocess.py), not the reader's business.
+
+Each label set has a kind (`label_kinds`, LABEL_KINDS): "multi_label" (any number of classes
+per record, the default), "single_label" (exactly one) or "per_sample" (a target per sample:
+QRS positions, from `read_beats`). Label sets in `frame_label_sets` label frames cut from a
+record (study.data.frames) rather than the record itself.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ import numpy as np
 from study._registry import Registry
 from study.errors import DataError
 
-__all__ = ["Record", "Signal", "DatasetReader", "READERS", "BadRecord"]
+__all__ = ["Record", "Signal", "DatasetReader", "READERS", "BadRecord", "LABEL_KINDS"]
 
 # Standard 12-lead names, in the conventional order; readers map their own spellings here.
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+LABEL_KINDS = ("multi_label", "single_label", "per_sample")
 
 
 class BadRecord(DataError):
@@ -73,6 +79,12 @@ class DatasetReader:
     licence: str = ""
     # The label sets the studies use: name -> ordered class names. The first is the default.
     label_sets: dict[str, tuple[str, ...]] = {}
+    # label set -> one of LABEL_KINDS; a set not listed is multi_label.
+    label_kinds: dict[str, str] = {}
+    # Label sets whose rows are frames cut from each record (study.data.frames), not records.
+    frame_label_sets: tuple[str, ...] = ()
+    # What a user of the prepared data must know (e.g. no patient ids): copied into its report.
+    caveats: tuple[str, ...] = ()
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -100,9 +112,27 @@ class DatasetReader:
                 f"{self.name} has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
             )
 
+    def label_kind(self, label_set: str) -> str:
+        """The kind of `label_set` (one of LABEL_KINDS).
+
+        Raises:
+            ConfigError: an unknown label set.
+        """
+        self.check_label_set(label_set)
+        return self.label_kinds.get(label_set, "multi_label")
+
     def classes_of(self, record: Record, label_set: str) -> set[str]:
         """The classes of `label_set` that `record` has (its native labels mapped)."""
         raise NotImplementedError
+
+    def read_beats(self, record: Record) -> np.ndarray:
+        """Reference beat (QRS / R-peak) positions of a record of a per-sample label set:
+        int64 sample indices at the record's own rate, sorted, inside the record.
+
+        Raises:
+            BadRecord: the reference is missing, unreadable or outside the record.
+        """
+        raise NotImplementedError(f"{self.name} has no per-sample beat references")
 
     def label_matrix(self, records: list[Record], label_set: str | None = None) -> np.ndarray:
         """Multi-hot uint8 (records, classes) of `label_set` (default: the first one).

@@ -61,6 +61,7 @@ class Cinc2017Reader(DatasetReader):
     source = "https://physionet.org/content/challenge-2017/1.0.0/"
     licence = "ODC-By-1.0"
     label_sets = {"cinc2017": CLASSES}
+    label_kinds = {"cinc2017": "single_label"}  # one letter per record
 
     def __init__(
         self, root: str | Path, reference: str = "REFERENCE.csv", records_dir: str = "training"
