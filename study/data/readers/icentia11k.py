@@ -19,17 +19,27 @@ Icentia11k's PhysioNet release (Tan et al., converted by `physionet/icentia11k_m
 in github.com/shawntan/icentia-ecg) uses beat symbols Q (undefined), N, S (PAC), a
 (aberrated) and V (PVC), and rhythm names N, AFIB and AFL. CPSC 2021 uses the same
 conventions (`(AFIB` at an episode's onset, `(N` at its end) with beats N, A, a, V.
+
+Both readers prepare frames (study.data.frames) with the frame label sets beat, rhythm,
+heart_rate (Weimann & Conrad's pretext labels, study.data.pretext) and qrs (a per-sample
+mask around each annotated beat). Their options, part of the cache key:
+
+- frame_len: samples per frame at the prepared rate (default 2048, Weimann & Conrad's at
+  250 Hz: prepare with preprocessing fs 250 to match them).
+- frames_per_record: frames cut from each record, evenly spaced (default 8).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import wfdb
 
+from study.data.frames import FRAME_LEN, FRAMES_PER_RECORD, check_frame_options, frame_label_sets
 from study.data.readers._base import (
     READERS,
     BadRecord,
@@ -198,8 +208,50 @@ def parse_annotations(
     )
 
 
+class _WithFrameLabelSets:
+    """`label_sets` of an annotated reader: its record-level sets, then the frame sets.
+
+    Built on first access, because the frame sets' classes come from study.data.pretext,
+    which imports this module.
+    """
+
+    def __init__(self, record_sets: dict[str, tuple[str, ...]]) -> None:
+        self.record_sets = record_sets
+
+    def __get__(self, obj: object, owner: type | None = None) -> dict[str, tuple[str, ...]]:
+        return {**self.record_sets, **frame_label_sets()}
+
+
+_FRAME_KINDS = {
+    "beat": "single_label",
+    "rhythm": "single_label",
+    "heart_rate": "single_label",
+    "qrs": "per_sample",
+}
+
+
 class _AnnotatedWfdbReader(DatasetReader):
-    """Shared reading of one WFDB record (`.hea` + `.dat` + `.atr`) per `Record`."""
+    """Shared reading of one WFDB record (`.hea` + `.dat` + `.atr`) per `Record`, and the
+    frame options (module docstring).
+
+    Raises:
+        ConfigError: frame_len or frames_per_record is not an integer >= 1.
+    """
+
+    frame_label_sets = ("beat", "rhythm", "heart_rate", "qrs")
+    # beat symbol -> study.data.pretext.BEAT_CLASSES name; None: pretext's (Icentia11k's)
+    beat_symbol_classes: Mapping[str, str] | None = None
+
+    def __init__(
+        self,
+        root: str | Path,
+        frame_len: int = FRAME_LEN,
+        frames_per_record: int = FRAMES_PER_RECORD,
+    ) -> None:
+        check_frame_options(self.name, frame_len, frames_per_record)
+        self.frame_len = frame_len
+        self.frames_per_record = frames_per_record
+        super().__init__(root)
 
     def _path(self, record: Record) -> Path:
         """The record's path without extension."""
@@ -284,7 +336,8 @@ class Icentia11kReader(_AnnotatedWfdbReader):
 
     One record per segment (about 70 min, 2**20 samples, single lead "ecg" at 250 Hz);
     the patient is the `pXXXXX` folder. There are no record-level labels: the beat and
-    rhythm annotations feed the frame-level pretext labels of `study.data.pretext`.
+    rhythm annotations feed the frame label sets (beat, rhythm, heart_rate, qrs; module
+    docstring), which `study.data.prepare` cuts into frames.
 
     `records()` lists segments from the folder names without opening their headers (the
     release has 541,794 of them): each is listed at the documented 250 Hz and lead "ecg",
@@ -298,7 +351,8 @@ class Icentia11kReader(_AnnotatedWfdbReader):
     name = "icentia11k"
     source = "https://physionet.org/content/icentia11k-continuous-ecg/1.0/"
     licence = "CC BY-NC-SA 4.0"
-    label_sets: dict[str, tuple[str, ...]] = {}
+    label_sets = _WithFrameLabelSets({})
+    label_kinds = _FRAME_KINDS
     fs = 250.0
     lead_names = ("ecg",)
 
@@ -373,7 +427,8 @@ class Icentia11kReader(_AnnotatedWfdbReader):
     def _no_labels(self) -> str:
         return (
             "icentia11k has no record-level label sets: its labels are per frame, from "
-            "read_annotations() through study.data.pretext.frame_labels"
+            "read_annotations() through study.data.pretext.frame_labels (study.data.prepare "
+            "cuts the frames)"
         )
 
 
@@ -382,8 +437,10 @@ class Cpsc2021Reader(_AnnotatedWfdbReader):
     """CPSC 2021 (paroxysmal AF) as a flat folder of `data_<patient>_<n>.{hea,dat,atr}`.
 
     Two leads at 200 Hz; the patient is `<patient>`. The record-level label is the header's
-    comment line (non / paroxysmal / persistent atrial fibrillation), the label set `af_type`.
-    Headers are read when listing (the dataset has about 1,400 records).
+    comment line (non / paroxysmal / persistent atrial fibrillation), the single-label set
+    `af_type`; the frame label sets are those of the module docstring, with beat symbols N
+    (normal), A (PAC), a (aberrated) and V (PVC). Headers are read when listing (the dataset
+    has about 1,400 records).
 
     Raises:
         DataError: the root holds no `data_<patient>_<n>.hea`, or a header of another name.
@@ -392,7 +449,9 @@ class Cpsc2021Reader(_AnnotatedWfdbReader):
     name = "cpsc2021"
     source = "https://physionet.org/content/cpsc2021/1.0.0/"
     licence = "CC BY 4.0"
-    label_sets = {"af_type": ("non-AF", "paroxysmal-AF", "persistent-AF")}
+    label_sets = _WithFrameLabelSets({"af_type": ("non-AF", "paroxysmal-AF", "persistent-AF")})
+    label_kinds = {"af_type": "single_label", **_FRAME_KINDS}
+    beat_symbol_classes = {"N": "normal", "A": "pac", "a": "aberrated", "V": "pvc"}
     _NATIVE = {
         "non atrial fibrillation": "non-AF",
         "paroxysmal atrial fibrillation": "paroxysmal-AF",
@@ -449,10 +508,16 @@ class Cpsc2021Reader(_AnnotatedWfdbReader):
         """The `af_type` class of the header comment (none when the header has no comment).
 
         Raises:
-            ConfigError: an unknown label set.
+            ConfigError: an unknown label set, or a frame label set (its labels are per
+                frame).
             DataError: a comment that is not one of the three CPSC 2021 classes.
         """
         self.check_label_set(label_set)
+        if label_set in self.frame_label_sets:
+            raise ConfigError(
+                f"cpsc2021: label set {label_set!r} labels frames, not records; "
+                "study.data.prepare cuts the frames"
+            )
         out = set()
         for label in record.labels:
             if label not in self._NATIVE:

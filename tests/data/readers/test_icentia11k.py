@@ -115,7 +115,9 @@ def test_cpsc_af_type_labels(cpsc):
     assert y.sum(axis=0).tolist() == [6, 6, 6]
     by_patient = {r.patient_id: cpsc.classes_of(r, "af_type") for r in recs}
     assert by_patient["21"] == {"non-AF"} and by_patient["84"] == {"persistent-AF"}
-    with pytest.raises(ConfigError, match="no label set 'rhythm'"):
+    with pytest.raises(ConfigError, match="no label set 'af'"):
+        cpsc.classes_of(recs[0], "af")
+    with pytest.raises(ConfigError, match="label set 'rhythm' labels frames, not records"):
         cpsc.classes_of(recs[0], "rhythm")
 
 
