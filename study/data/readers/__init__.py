@@ -6,6 +6,7 @@ from study.data.readers import (  # noqa: E402,F401
     cinc2017,
     code15,
     cpsc2018_original,
+    cpsc2019,
     icentia11k,
     ptb,
     ptbxl,
