@@ -79,14 +79,22 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int, epoch: int):
+def _loader(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    drop_last: bool = False,
+):
     ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
     if dist.is_available() and dist.is_initialized() and shuffle:
         sampler = DistributedSampler(ds, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
     g = torch.Generator().manual_seed(seed * 10_007 + epoch)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=drop_last)
 
 
 def _probabilities(logits: torch.Tensor, kind: str) -> torch.Tensor:
@@ -248,10 +256,12 @@ _NAN_METRICS = {k: float("nan") for k in ("macro_auroc", "macro_f1", "weighted_f
 
 @torch.no_grad()
 def _contrastive_loss(model: nn.Module, x: np.ndarray, batch_size: int, device: str) -> float:
+    # Batches of at least `batch_size` rows (a short last batch joins the one before): the
+    # negatives come from the other rows of a batch, so a batch of one cannot be scored.
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
+    for idx in np.array_split(np.arange(len(x)), max(1, len(x) // batch_size)):
+        xb = torch.from_numpy(np.ascontiguousarray(x[idx])).to(device)
         total += float(model(xb)) * len(xb)
         count += len(xb)
     return total / max(count, 1)
@@ -351,8 +361,8 @@ def fit(
         net = nn.parallel.DistributedDataParallel(
             net,
             device_ids=[device.index] if device.type == "cuda" else None,
-            # the classification head takes no part in reconstruction or CPC
-            find_unused_parameters=cfg.kind in ("reconstruction", "contrastive"),
+            # the classification head takes no part in reconstruction (CPC freezes its own)
+            find_unused_parameters=reconstructing,
         )
     history: list[dict] = []
     best = {"loss": math.inf, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
@@ -376,7 +386,9 @@ def fit(
         t0 = time.perf_counter()
         net.train()
         total, count = 0.0, 0
-        for xb, yb in _loader(x_train, y_train, cfg.batch_size, True, cfg.seed, epoch):
+        # a contrastive batch draws its negatives from its other rows: never a batch of one
+        drop_last = cfg.kind == "contrastive" and len(x_train) > cfg.batch_size
+        for xb, yb in _loader(x_train, y_train, cfg.batch_size, True, cfg.seed, epoch, drop_last):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             with autocast:
