@@ -112,9 +112,20 @@ class PretrainSpec(_TrainingOptions):
     @field_validator("task_options")
     @classmethod
     def _task_options(cls, v):
-        for task in v:
+        import inspect
+
+        from study.training.cpc import CPC
+
+        known = [n for n in inspect.signature(CPC).parameters if n != "encoder"]
+        for task, options in v.items():
             if task != "future":
                 raise ValueError(f"only the future task takes options, got options for {task!r}")
+            for name in options:
+                if name not in known:
+                    raise ValueError(
+                        f"pretrain.task_options.future: unknown option {name!r}; "
+                        f"known: {', '.join(known)}"
+                    )
         return v
 
     @property
