@@ -1,22 +1,47 @@
-"""Read a real dataset through its reader into arrays: labels, preprocessing, bad records."""
+"""Read a real dataset through its reader, one record at a time, into the rows of the
+prepared cache: labels, preprocessing, frames, per-sample targets, bad records."""
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from study.data._sources import RawDataset
-from study.data.config import DatasetConfig
+from study.data.config import DatasetConfig, PreprocessingConfig
+from study.data.frames import (
+    FRAME_TASKS,
+    QRS_HALF_WIDTH_S,
+    frame_starts,
+    positions_in,
+    qrs_half_width,
+    qrs_mask,
+)
+from study.data.prepared import Rows, RowSource
+from study.data.preprocess import Preprocessing, resample_factors
+from study.data.readers import BadRecord, DatasetReader, Record, Signal
 from study.errors import ConfigError, DataError
 
 __all__ = ["read_real", "open_reader"]
 
+_FRAME_OPTIONS = ("frame_len", "frames_per_record")
+_PLACEMENT = (
+    "evenly spaced: frame k of count starts at floor((2k + 1) * (n - frame_len) / (2 * count))"
+    " of a record of n samples at the prepared rate (study.data.frames)"
+)
+
 
 def open_reader(name: str, config: DatasetConfig):
-    """The reader of dataset `name` on `config.source` (its layout checked at once)."""
+    """The reader of dataset `name` on `config.source` (its layout checked at once).
+
+    Raises:
+        ConfigError: an unknown dataset, no source folder, or an option the reader does not
+            take (the message lists those it takes).
+    """
     from study.data.readers import READERS
 
     reader_cls = READERS.get(name)  # an unknown name lists the known readers
@@ -25,104 +50,256 @@ def open_reader(name: str, config: DatasetConfig):
             f"{name} is a real dataset: give the folder it was downloaded to as "
             f"datasets.{name}.source (or --source); `study data download {name} DIR` fetches it"
         )
+    params = list(inspect.signature(reader_cls.__init__).parameters)[2:]  # after self, root
+    unknown = sorted(set(config.options) - set(params))
+    if unknown:
+        raise ConfigError(f"{name}: unknown reader options {unknown}; valid: {params or 'none'}")
     return reader_cls(config.source, **config.options)
 
 
-def read_real(name: str, config: DatasetConfig, progress: bool = True) -> RawDataset:
-    """Every usable record of `name`, preprocessed, with its labels and a report.
+def read_real(name: str, config: DatasetConfig, progress: bool = True) -> RowSource:
+    """Every usable record of `name` as rows of the prepared cache, read lazily.
 
-    Records without any class of the label set are dropped when `drop_unlabelled` (counted);
-    bad records are skipped and listed with their reason, or raise, per `on_bad_record`.
+    A record gives one row, or for a frame label set (icentia11k, cpsc2021: beat, rhythm,
+    heart_rate, qrs) `frames_per_record` frames cut after preprocessing (study.data.frames).
+    Records without any class of a record-level label set are dropped when
+    `drop_unlabelled` (counted); bad records are skipped and listed with their reason, or
+    raise, per `on_bad_record`.
 
     Raises:
-        ConfigError: no source folder, an unknown label set or reader option.
-        DataError: the folder's layout is wrong, a bad record under on_bad_record=fail, or
-            records of different lengths with no preprocessing.length to make them equal.
+        ConfigError: no source folder, an unknown label set or reader option, frame options
+            for a record-level label set, a preprocessing.length other than frame_len, or a
+            crop the per-sample targets cannot follow ("random-fixed").
+        DataError: the folder's layout is wrong; while reading: a bad record under
+            on_bad_record=fail, or no usable record at all.
     """
-    from study.data.readers import BadRecord
-
     reader = open_reader(name, config)
-    records = reader.records()
     if not reader.label_sets:
-        raise ConfigError(
-            f"{name} has no record-level label sets (its labels are per frame: a pretext "
-            "task's); it cannot be prepared as a classification dataset"
-        )
+        raise ConfigError(f"{name} has no label sets: it cannot be prepared")
     label_set = config.label_set or next(iter(reader.label_sets))
-    labels = reader.label_matrix(records, label_set)
-    classes = tuple(reader.label_sets[label_set])
-    pre = config.preprocessing.build()
-    keep: list[int] = []
-    signals: list[np.ndarray] = []
-    bad: list[dict] = []
-    unlabelled = 0
-    lead_names: tuple[str, ...] | None = None
-    fs_out: float | None = None
-    for i, rec in enumerate(
-        tqdm(
-            records,
-            desc=f"reading {name}",
-            unit="rec",
-            file=sys.stderr,
-            disable=not progress,
-            mininterval=2,
+    kind = reader.label_kind(label_set)  # an unknown label set lists the known ones
+    framed = label_set in reader.frame_label_sets
+    given = [o for o in _FRAME_OPTIONS if o in config.options]
+    if given and not framed:
+        raise ConfigError(
+            f"{name}: options {given} cut frames, which only the frame label sets "
+            f"({', '.join(reader.frame_label_sets) or 'none here'}) use, not {label_set!r}"
         )
-    ):
-        problem = rec.meta.get("problem") or rec.meta.get("header_error")
-        if problem:  # found while listing (malformed labels, missing file): a bad record
-            if config.on_bad_record == "fail":
-                raise BadRecord(rec.record_id, str(problem))
-            bad.append({"record_id": rec.record_id, "reason": str(problem)})
-            continue
-        if config.drop_unlabelled and labels[i].sum() == 0:
-            unlabelled += 1
-            continue
-        try:
-            sig = reader.read(rec)
-            x = pre.apply(sig, record_id=rec.record_id)
-        except BadRecord as e:
-            if config.on_bad_record == "fail":
-                raise
-            bad.append({"record_id": rec.record_id, "reason": e.reason})
-            continue
-        except DataError as e:  # a preprocessing rule the record cannot meet (missing lead)
-            if config.on_bad_record == "fail":
-                raise
-            bad.append({"record_id": rec.record_id, "reason": str(e)})
-            continue
-        if signals and x.shape != signals[0].shape:
-            raise DataError(
-                f"{name}: record {rec.record_id} has shape {x.shape}, earlier records "
-                f"{signals[0].shape}; set preprocessing.length (and fs) so all records match"
+    pre = config.preprocessing
+    if (framed or kind == "per_sample") and getattr(pre, "scalogram", None) is not None:
+        raise ConfigError(
+            f"{name}: the {label_set} label set needs (leads, samples) signals: frames and "
+            "per-sample targets are cut along the samples; drop preprocessing.scalogram"
+        )
+    if framed:
+        if pre.length is not None and pre.length != reader.frame_len:
+            raise ConfigError(
+                f"{name}: {label_set} frames are {reader.frame_len} samples long (option "
+                f"frame_len); preprocessing.length {pre.length} disagrees: leave it unset or "
+                f"set frame_len={pre.length}"
             )
-        lead_names = lead_names or (pre.leads or tuple(sig.lead_names))
-        fs_out = fs_out or (pre.fs or sig.fs)
-        signals.append(x)
-        keep.append(i)
-    if not signals:
-        raise DataError(
-            f"{name}: no usable record in {config.source} "
-            f"({len(bad)} bad, {unlabelled} without a {label_set} label)"
+        pre = pre.model_copy(update={"length": None})  # the frames set the length
+    elif kind == "per_sample" and pre.length is not None and pre.crop not in ("start", "center"):
+        raise ConfigError(
+            f"{name}: per-sample targets follow a crop 'start' or 'center' only; "
+            f"preprocessing.crop is {pre.crop!r}"
         )
-    kept = [records[i] for i in keep]
-    folds = [r.fold for r in kept]
-    reasons = Counter(b["reason"].split(" (")[0] for b in bad)
-    return RawDataset(
-        signals=np.stack(signals).astype(np.float32),
-        labels=labels[keep],
-        patient_id=np.array([r.patient_id for r in kept]),
-        record_id=np.array([r.record_id for r in kept]),
-        classes=classes,
-        lead_names=tuple(lead_names),
-        fs=float(fs_out),
-        folds=np.array(folds, dtype=np.int8) if all(f is not None for f in folds) else None,
-        report={
-            "source": str(config.source),
-            "label_set": label_set,
-            "records_listed": len(records),
-            "records_kept": len(kept),
-            "unlabelled_dropped": unlabelled,
-            "bad_records": bad,
-            "bad_reasons": dict(reasons),
-        },
+    records = reader.records()
+    reading = _Reading(
+        name=name,
+        reader=reader,
+        config=config,
+        pre=pre,
+        label_set=label_set,
+        kind=kind,
+        classes=tuple(reader.label_sets[label_set]),
+        framed=framed,
+        records=records,
+        labels=None if framed or kind == "per_sample" else reader.label_matrix(records, label_set),
     )
+    capacity = len(records) * (reader.frames_per_record if framed else 1)
+    return RowSource(reading.classes, kind, capacity, reading.rows(progress), reading.report)
+
+
+@dataclass
+class _Reading:
+    """One preparation's walk through a reader's records (state for `read_real`)."""
+
+    name: str
+    reader: DatasetReader
+    config: DatasetConfig
+    pre: PreprocessingConfig  # the length already dropped for frames
+    label_set: str
+    kind: str
+    classes: tuple[str, ...]
+    framed: bool
+    records: list[Record]
+    labels: np.ndarray | None  # record-level label sets only
+    report: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.report = {
+            "source": str(self.config.source),
+            "label_set": self.label_set,
+            "label_kind": self.kind,
+            "records_listed": len(self.records),
+            "records_kept": 0,
+            "unlabelled_dropped": 0,
+            "bad_records": [],
+            "bad_reasons": {},
+            "caveats": list(self.reader.caveats),
+        }
+        if self.framed:
+            self.report["frames"] = {
+                "frame_len": self.reader.frame_len,
+                "frames_per_record": self.reader.frames_per_record,
+                "placement": _PLACEMENT,
+            }
+        if self.kind == "per_sample":
+            self.report["qrs_half_width_s"] = QRS_HALF_WIDTH_S
+
+    def rows(self, progress: bool) -> Iterator[Rows]:
+        """The rows of each usable record in turn; the report is complete at the end.
+
+        Raises:
+            BadRecord / DataError: a bad record under on_bad_record=fail; no usable record.
+        """
+        pre = self.pre.build()
+        fail = self.config.on_bad_record == "fail"
+        bad: list[dict] = self.report["bad_records"]
+        unlabelled = 0
+        for i, rec in enumerate(
+            tqdm(
+                self.records,
+                desc=f"reading {self.name}",
+                unit="rec",
+                file=sys.stderr,
+                disable=not progress,
+                mininterval=2,
+            )
+        ):
+            rid = rec.record_id
+            problem = rec.meta.get("problem") or rec.meta.get("header_error")
+            if problem:  # found while listing (malformed labels, missing file): a bad record
+                if fail:
+                    raise BadRecord(rid, str(problem))
+                bad.append({"record_id": rid, "reason": str(problem)})
+                continue
+            if self.labels is not None and self.config.drop_unlabelled and not self.labels[i].any():
+                unlabelled += 1
+                continue
+            try:
+                out = self._record_rows(i, rec, pre)
+            except BadRecord as e:
+                if fail:
+                    raise
+                bad.append({"record_id": rid, "reason": e.reason})
+                continue
+            except DataError as e:  # a rule the record cannot meet (missing lead, unknown beat)
+                if fail:
+                    raise
+                bad.append({"record_id": rid, "reason": str(e)})
+                continue
+            self.report["records_kept"] += 1
+            yield out
+            del out  # not held while the next record is read
+        self.report["unlabelled_dropped"] = unlabelled
+        self.report["bad_reasons"] = dict(Counter(b["reason"].split(" (")[0] for b in bad))
+        if self.report["records_kept"] == 0:
+            raise DataError(
+                f"{self.name}: no usable record in {self.config.source} "
+                f"({len(bad)} bad, {unlabelled} without a {self.label_set} label)"
+            )
+
+    def _record_rows(self, i: int, rec: Record, pre: Preprocessing) -> Rows:
+        rid = rec.record_id
+        if self.labels is not None and self.kind == "single_label" and self.labels[i].sum() != 1:
+            found = [c for c, on in zip(self.classes, self.labels[i], strict=True) if on]
+            raise BadRecord(
+                rid, f"{len(found)} classes {found} of the single-label set {self.label_set}"
+            )
+        sig = self.reader.read(rec)
+        x = pre.apply(sig, record_id=rid)
+        fs = float(pre.fs or sig.fs)
+        leads = tuple(pre.leads or sig.lead_names)
+        if self.framed:
+            return self._frame_rows(rec, x, fs, leads)
+        if self.kind == "per_sample":
+            return self._beat_rows(rec, sig, x, fs, leads)
+        return Rows(rid, rec.patient_id, x[None], self.labels[i : i + 1], fs, leads, rec.fold)
+
+    def _frame_rows(self, rec: Record, x: np.ndarray, fs: float, leads: tuple) -> Rows:
+        """The frames of one annotated record, labelled by the frame label set."""
+        from study.data.pretext import BEAT_SYMBOL_CLASSES, frame_labels
+
+        rid = rec.record_id
+        _check_signal_rank(rid, x, "frames")
+        ann = self.reader.read_annotations(rec)
+        frame_len, count = self.reader.frame_len, self.reader.frames_per_record
+        scale = fs / ann.fs
+        # resampling may add a sample past the annotated record's end: frames stay inside it
+        n = min(x.shape[-1], int(np.floor(ann.n_samples * scale + 1e-9)))
+        if n < frame_len:
+            raise BadRecord(
+                rid, f"{n} samples at {fs:g} Hz, shorter than one frame of {frame_len} (frame_len)"
+            )
+        starts = frame_starts(n, frame_len, count)
+        xs = np.stack([x[:, s : s + frame_len] for s in starts.tolist()])
+        if self.label_set == "qrs":
+            pos = ann.samples.astype(np.float64) * scale
+            h = qrs_half_width(fs)
+            near = [(pos > s - h - 1) & (pos < s + frame_len + h + 1) for s in starts.tolist()]
+            return Rows(
+                rid,
+                rec.patient_id,
+                xs,
+                np.ones((count, 1), np.uint8),
+                fs,
+                leads,
+                rec.fold,
+                targets=np.stack(
+                    [qrs_mask(pos[m] - s, frame_len, h) for s, m in zip(starts, near, strict=True)]
+                ),
+                beats=[positions_in(pos, s, frame_len) for s in starts.tolist()],
+                frame_start=starts,
+            )
+        symbols = self.reader.beat_symbol_classes or BEAT_SYMBOL_CLASSES
+        index = frame_labels(ann, starts, frame_len, fs, symbols)[FRAME_TASKS[self.label_set]]
+        one_hot = np.eye(len(self.classes), dtype=np.uint8)[index]
+        return Rows(rid, rec.patient_id, xs, one_hot, fs, leads, rec.fold, frame_start=starts)
+
+    def _beat_rows(self, rec: Record, sig: Signal, x: np.ndarray, fs: float, leads: tuple) -> Rows:
+        """One record of a per-sample set: its QRS mask and beats at the prepared rate,
+        shifted as preprocessing.length cropped the signal."""
+        rid = rec.record_id
+        _check_signal_rank(rid, x, "per-sample targets")
+        beats = self.reader.read_beats(rec)
+        offset = 0
+        if self.pre.length is not None and self.pre.crop == "center":
+            # Preprocessing's documented rules: resampling gives ceil(n * up / down) samples,
+            # and "center" keeps [(n - length) // 2, ... + length)
+            n = sig.data.shape[-1]
+            if self.pre.fs is not None:
+                up, down = resample_factors(sig.fs, self.pre.fs)
+                n = -(-n * up // down)
+            offset = max(0, (n - self.pre.length) // 2)
+        pos = beats.astype(np.float64) * (fs / sig.fs) - offset
+        length = x.shape[-1]
+        return Rows(
+            rid,
+            rec.patient_id,
+            x[None],
+            np.ones((1, 1), np.uint8),
+            fs,
+            leads,
+            rec.fold,
+            targets=qrs_mask(pos, length, qrs_half_width(fs))[None],
+            beats=[positions_in(pos, 0, length)],
+        )
+
+
+def _check_signal_rank(rid: str, x: np.ndarray, what: str) -> None:
+    if x.ndim != 2:
+        raise ConfigError(
+            f"record {rid}: {what} need (leads, samples) signals; preprocessing gives {x.shape}"
+        )
