@@ -134,8 +134,13 @@ class PreprocessingConfig(_Strict):
 
 
 class DatasetConfig(_Strict):
-    """One dataset's preparation. Everything here except `source` enters the cache key."""
+    """One dataset's preparation. Everything here except `source` and `dataset` enters the
+    cache key."""
 
+    # In a study spec, an entry under a new name is a variant of the dataset named here
+    # (e.g. cpsc2019_snr0: {dataset: cpsc2019, preprocessing: {noise: ...}}): same records,
+    # same patient split, its own preparation.
+    dataset: str | None = None
     source: str | None = None  # the downloaded dataset's folder (real datasets only)
     label_set: str | None = None  # default: the reader's first label set
     options: dict[str, Any] = Field(default_factory=dict)  # reader options (e.g. sampling_rate)
@@ -145,5 +150,5 @@ class DatasetConfig(_Strict):
 
     def key_fields(self) -> dict:
         """What determines the prepared arrays (the source folder's path does not)."""
-        fields = self.model_dump(mode="json", exclude={"source", "preprocessing"})
+        fields = self.model_dump(mode="json", exclude={"source", "dataset", "preprocessing"})
         return fields | {"preprocessing": self.preprocessing.key_fields()}

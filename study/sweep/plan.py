@@ -155,7 +155,9 @@ def make_plan(spec: Spec) -> Plan:
                     **roles,
                     "stage": "pretrain",
                     "upstream": up,
-                    "upstream_key": prepared_key(up, spec.upstream_config(up, task)),
+                    "upstream_key": prepared_key(
+                        spec.source_name(up), spec.upstream_config(up, task)
+                    ),
                     "task": task,
                     **({"task_options": dict(options)} if options else {}),
                     "seed": spec.seed,
@@ -177,7 +179,7 @@ def make_plan(spec: Spec) -> Plan:
                 **arch_cfg,
                 **({"train_folds": DOWNSTREAM_FOLDS} if down in split_roles else {}),
                 "downstream": down,
-                "downstream_key": prepared_key(down, spec.dataset_config(down)),
+                "downstream_key": prepared_key(spec.source_name(down), spec.dataset_config(down)),
                 "train": _train_cfg(spec.finetune),
             }
             for frac in spec.finetune.data_fractions:

@@ -125,16 +125,17 @@ def done_ids(store: Store, units: Iterable[Unit]) -> set[str]:
 
 
 def study_datasets(spec: Spec) -> dict[str, tuple[str, DatasetConfig]]:
-    """Every prepared dataset a study reads, by cache key: each downstream dataset, and each
-    upstream once per distinct preparation its pretraining tasks need."""
+    """Every prepared dataset a study reads, by cache key, as (dataset, config): each
+    downstream dataset or variant, and each upstream once per distinct preparation its
+    pretraining tasks need."""
     out: dict[str, tuple[str, DatasetConfig]] = {}
     for name in spec.downstream:
-        config = spec.dataset_config(name)
-        out[prepared_key(name, config)] = (name, config)
+        config, source = spec.dataset_config(name), spec.source_name(name)
+        out[prepared_key(source, config)] = (source, config)
     for name in spec.upstream:
         for task in spec.pretrain.tasks:
-            config = spec.upstream_config(name, task)
-            out[prepared_key(name, config)] = (name, config)
+            config, source = spec.upstream_config(name, task), spec.source_name(name)
+            out[prepared_key(source, config)] = (source, config)
     return dict(sorted(out.items()))
 
 

@@ -76,6 +76,8 @@ class _TrainingOptions(_Strict):
 #: - autoencoder: reconstruct the upstream signals, labels unused (Jang et al.);
 #: - qrs: per-sample QRS segmentation (the upstream prepared with label set "qrs").
 Task = Literal["classification", "beat", "rhythm", "heart_rate", "future", "autoencoder", "qrs"]
+#: The CPC options that set the span of one input row.
+_CPC_LAYOUT = ("window_length", "context_windows", "positive_offset", "context_overlap")
 #: Tasks whose labels are the upstream dataset's label set of the same name.
 LABEL_SET_TASKS = ("beat", "rhythm", "heart_rate", "qrs")
 
@@ -221,12 +223,7 @@ class Spec(_Strict):
     @field_validator("upstream", "downstream")
     @classmethod
     def _datasets(cls, v: list[str]) -> list[str]:
-        from study.data import list_datasets
-
-        known = list_datasets()
-        for name in v:
-            if name not in known:
-                raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known)}")
+        # (whether each name is a dataset or a variant under `datasets` is checked in _cross)
         if len(set(v)) != len(v):
             raise ValueError(f"datasets must be distinct, got {v}")
         return v
@@ -243,35 +240,60 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> Spec:
+        from study.data import list_datasets
         from study.data.readers import READERS
         from study.models import model_info
 
         if not self.downstream:
             raise ValueError("downstream: needs at least one dataset")
+        known = list_datasets()
+        for role in ("upstream", "downstream"):
+            for name in getattr(self, role):
+                if name not in known and name not in self.datasets:
+                    raise ValueError(
+                        f"{role}: unknown dataset {name!r}; known: {', '.join(known)} (or a "
+                        f"variant: datasets.{name}.dataset names the dataset it varies)"
+                    )
+        for name, cfg in self.datasets.items():
+            if cfg.dataset is not None and cfg.dataset not in known:
+                raise ValueError(
+                    f"datasets.{name}.dataset: unknown dataset {cfg.dataset!r}; known: "
+                    f"{', '.join(known)}"
+                )
+            if cfg.dataset is None and name not in known:
+                raise ValueError(
+                    f"datasets.{name}: {name} is not a dataset; a variant needs `dataset:` "
+                    f"naming the dataset it varies (known: {', '.join(known)})"
+                )
+            if cfg.dataset is not None and name in known and cfg.dataset != name:
+                raise ValueError(
+                    f"datasets.{name}.dataset: {name} is itself a dataset; give the variant "
+                    "a name of its own"
+                )
         used = set(self.upstream) | set(self.downstream)
         for name in sorted(set(self.datasets) - used):
             raise ValueError(
                 f"datasets.{name}: not an upstream or downstream dataset of this "
                 f"study (used: {', '.join(sorted(used))})"
             )
-        for name in sorted(used):
-            cfg = self.dataset_config(name)
+        for alias in sorted(used):
+            cfg, name = self.dataset_config(alias), self.source_name(alias)
             if is_synthetic(name):
                 if cfg.source or cfg.label_set or cfg.options:
                     raise ValueError(
-                        f"datasets.{name}: a synthetic dataset takes no source, "
+                        f"datasets.{alias}: a synthetic dataset takes no source, "
                         "label_set or options"
                     )
                 continue
             if cfg.source is None:
                 raise ValueError(
-                    f"datasets.{name}.source: {name} is a real dataset; give the "
+                    f"datasets.{alias}.source: {name} is a real dataset; give the "
                     f"folder it was downloaded to (`study data download {name} DIR`)"
                 )
             sets = READERS.get(name).label_sets
             if cfg.label_set is not None and sets and cfg.label_set not in sets:
                 raise ValueError(
-                    f"datasets.{name}.label_set: unknown label set "
+                    f"datasets.{alias}.label_set: unknown label set "
                     f"{cfg.label_set!r}; known: {', '.join(sets)}"
                 )
         for arch in self.architectures:
@@ -322,7 +344,8 @@ class Spec(_Strict):
                     f"takes {info['input_kind']} input"
                 )
             if task in LABEL_SET_TASKS:
-                for up in self.upstream:
+                for alias in self.upstream:
+                    up = self.source_name(alias)
                     sets = () if is_synthetic(up) else READERS.get(up).label_sets
                     if task not in sets:
                         raise ValueError(
@@ -347,12 +370,33 @@ class Spec(_Strict):
         """How dataset `name` is prepared (the defaults when the spec says nothing)."""
         return self.datasets.get(name, DatasetConfig())
 
+    def source_name(self, name: str) -> str:
+        """The dataset that `name` (a dataset or a variant under `datasets`) reads."""
+        return self.dataset_config(name).dataset or name
+
     def upstream_config(self, name: str, task: str) -> DatasetConfig:
-        """How upstream `name` is prepared for pretraining `task`: a task named after a
-        label set (beat, rhythm, heart_rate, qrs) trains on that label set."""
-        cfg = self.dataset_config(name)
+        """How upstream `name` is prepared for pretraining `task`.
+
+        A task named after a label set (beat, rhythm, heart_rate, qrs) trains on that label
+        set. The future (CPC) task on a dataset cut into frames (icentia11k, cpsc2021) takes
+        frames of exactly the span CPC reads: its context windows plus the future one
+        (`study.training.cpc.cpc_input_length` of its task options).
+        """
+        from study.data.readers import READERS
+
+        cfg, source = self.dataset_config(name), self.source_name(name)
         if task in LABEL_SET_TASKS:
             return cfg.model_copy(update={"label_set": task})
+        if task == "future" and not is_synthetic(source):
+            if getattr(READERS.get(source), "frame_label_sets", None):
+                from study.training.cpc import cpc_input_length
+
+                opts = self.pretrain.task_options.get("future", {})
+                span = cpc_input_length(
+                    **{k: opts[k] for k in _CPC_LAYOUT if k in opts},
+                )
+                options = {**cfg.options, "frame_len": span}
+                return cfg.model_copy(update={"options": options})
         return cfg
 
     def freeze_depths_for(self, arch: ArchitectureSpec) -> list[int]:

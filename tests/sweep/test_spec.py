@@ -129,3 +129,41 @@ def test_a_task_list_is_an_axis_of_the_plan():
     assert {u.unit_id for u in one.units} <= {u.unit_id for u in two.units}
     tasks = {u.config["pretrain_task"] for u in two.by_stage("finetune")}
     assert tasks == {"classification", "future"}
+
+
+def test_a_dataset_variant_is_its_own_downstream_with_the_same_records():
+    from study.data.prepared import prepared_key
+    from study.sweep.plan import make_plan
+    from study.sweep.runner import study_datasets
+
+    spec = parse_spec(
+        {
+            **GOOD,
+            "downstream": ["synth_down_x", "x_noisy"],
+            "datasets": {
+                "x_noisy": {
+                    "dataset": "synth_down_x",
+                    "preprocessing": {"noise": {"kind": "gaussian", "snr_db": 6}},
+                }
+            },
+        }
+    )
+    assert spec.source_name("x_noisy") == "synth_down_x"
+    plan = make_plan(spec)
+    keys = {u.config["downstream"]: u.config["downstream_key"] for u in plan.by_stage("scratch")}
+    assert keys["synth_down_x"] == prepared_key("synth_down_x")
+    assert keys["x_noisy"] != keys["synth_down_x"] and keys["x_noisy"].startswith("synth_down_x-")
+    assert {name for name, _ in study_datasets(spec).values()} == {"synth_up_a", "synth_down_x"}
+
+
+@pytest.mark.parametrize(
+    ("datasets", "message"),
+    [
+        ({"x_noisy": {}}, "x_noisy is not a dataset; a variant needs `dataset:`"),
+        ({"x_noisy": {"dataset": "nope"}}, "datasets.x_noisy.dataset: unknown dataset 'nope'"),
+        ({"synth_down_x": {"dataset": "synth_up_a"}}, "is itself a dataset"),
+    ],
+)
+def test_bad_variants_fail_at_load_time(datasets, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_spec({**GOOD, "downstream": ["synth_down_x"], "datasets": datasets})
