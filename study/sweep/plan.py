@@ -138,7 +138,9 @@ def make_plan(spec: Spec) -> Plan:
     units: list[Unit] = []
     excluded: list[str] = []
     pretrain_ids: dict[tuple[str, str, str], str] = {}
-    both_roles = set(spec.upstream) & set(spec.downstream)
+    # Roles are by the dataset read, so a variant (a noisy copy) counts as its dataset.
+    src = spec.source_name
+    both_roles = {src(u) for u in spec.upstream} & {src(d) for d in spec.downstream}
     split_roles = both_roles if spec.self_pairs == "patient_disjoint" else set()
     for arch in spec.architectures:
         arch_cfg = {
@@ -147,7 +149,7 @@ def make_plan(spec: Spec) -> Plan:
             "architecture_label": arch.label,
         }
         for up in spec.upstream:
-            roles = {"train_folds": UPSTREAM_FOLDS} if up in split_roles else {}
+            roles = {"train_folds": UPSTREAM_FOLDS} if src(up) in split_roles else {}
             for task in spec.pretrain.tasks:
                 options = spec.pretrain.task_options.get(task)
                 cfg = {
@@ -177,7 +179,7 @@ def make_plan(spec: Spec) -> Plan:
         for down in spec.downstream:
             base = {
                 **arch_cfg,
-                **({"train_folds": DOWNSTREAM_FOLDS} if down in split_roles else {}),
+                **({"train_folds": DOWNSTREAM_FOLDS} if src(down) in split_roles else {}),
                 "downstream": down,
                 "downstream_key": prepared_key(spec.source_name(down), spec.dataset_config(down)),
                 "train": _train_cfg(spec.finetune),
@@ -190,7 +192,7 @@ def make_plan(spec: Spec) -> Plan:
                         cfg = {**common, "stage": "scratch", "freeze_depth": 0}
                         units.append(Unit(unit_id("scratch", cfg), "scratch", cfg))
                     for up in spec.upstream:
-                        if up == down and not split_roles:
+                        if src(up) == src(down) and not split_roles:
                             continue
                         for task in spec.pretrain.tasks:
                             pt = pretrain_ids[(arch.label, up, task)]
@@ -204,10 +206,12 @@ def make_plan(spec: Spec) -> Plan:
                                     "freeze_depth": depth,
                                 }
                                 units.append(Unit(unit_id("finetune", cfg), "finetune", cfg, pt))
-            if down in spec.upstream and not split_roles:
-                excluded.append(
-                    f"{down} as its own upstream (self_pairs: patient_disjoint includes it)"
-                )
+            for up in spec.upstream:
+                if src(up) == src(down) and not split_roles:
+                    excluded.append(
+                        f"{up} as upstream of {down} (the same records; self_pairs: "
+                        "patient_disjoint includes it)"
+                    )
     # A pretraining unit that no fine-tuning unit uses is still planned: its weights are a
     # result of the study in their own right (and the plan stays a function of the spec).
     return Plan(units=units, excluded=sorted(set(excluded)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from study.sweep.plan import make_plan
+from study.sweep.plan import DOWNSTREAM_FOLDS, UPSTREAM_FOLDS, make_plan
 from study.sweep.spec import parse_spec
 
 BASE = {
@@ -111,7 +111,7 @@ def test_self_pairs_are_excluded_unless_patient_disjoint():
     assert not [
         u for u in plan.by_stage("finetune") if u.config["upstream"] == u.config["downstream"]
     ]
-    assert any("synth_up_a as its own upstream" in w for w in plan.excluded)
+    assert any("synth_up_a as upstream of synth_up_a" in w for w in plan.excluded)
     spec["self_pairs"] = "patient_disjoint"
     split = make_plan(parse_spec(spec))
     selfs = [
@@ -129,3 +129,25 @@ def test_self_pairs_are_excluded_unless_patient_disjoint():
     # both arms of a self-pair comparison train on the same (downstream-role) folds
     scratch = [u for u in split.by_stage("scratch") if u.config["downstream"] == "synth_up_a"]
     assert scratch and all(u.config["train_folds"] == [5, 6, 7, 8] for u in scratch)
+
+
+def test_a_variant_of_an_upstream_dataset_is_a_self_pair():
+    """A noisy copy of the upstream dataset holds the same patients: it is never paired with
+    its source unless the study splits that dataset by patient between the roles."""
+    spec = copy.deepcopy(BASE)
+    spec["downstream"] = ["up_a_noisy"]
+    spec["datasets"] = {
+        "up_a_noisy": {
+            "dataset": "synth_up_a",
+            "preprocessing": {"noise": {"kind": "gaussian", "snr_db": 6}},
+        }
+    }
+    plan = make_plan(parse_spec(spec))
+    assert not any(u.config["upstream"] == "synth_up_a" for u in plan.by_stage("finetune"))
+    assert any("synth_up_a as upstream of up_a_noisy" in w for w in plan.excluded)
+    spec["self_pairs"] = "patient_disjoint"
+    split = make_plan(parse_spec(spec))
+    pre = [u for u in split.by_stage("pretrain") if u.config["upstream"] == "synth_up_a"]
+    assert pre and all(u.config["train_folds"] == UPSTREAM_FOLDS for u in pre)
+    down = [u for u in split.units if u.config.get("downstream") == "up_a_noisy"]
+    assert down and all(u.config["train_folds"] == DOWNSTREAM_FOLDS for u in down)
