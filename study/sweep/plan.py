@@ -189,7 +189,10 @@ def make_plan(spec: Spec) -> Plan:
                     # The seed depends on the repeat only, so both arms of a pair share it.
                     common = {**base, "data_fraction": frac, "repeat": rep, "seed": spec.seed + rep}
                     if spec.finetune.scratch:
-                        cfg = {**common, "stage": "scratch", "freeze_depth": 0}
+                        # The control arm trains every layer at the one learning rate:
+                        # per-stage rates (0 = frozen) belong to the pretrained arm only.
+                        train = {k: v for k, v in common["train"].items() if k != "stage_lr"}
+                        cfg = {**common, "train": train, "stage": "scratch", "freeze_depth": 0}
                         units.append(Unit(unit_id("scratch", cfg), "scratch", cfg))
                     for up in spec.upstream:
                         if src(up) == src(down) and not split_roles:
