@@ -155,7 +155,8 @@ def test_a_variant_of_an_upstream_dataset_is_a_self_pair():
 
 def test_per_stage_learning_rates_apply_to_the_pretrained_arm_only():
     spec = copy.deepcopy(BASE)
-    spec.setdefault("finetune", {})["stage_lr"] = {"stem": 0.0}
+    spec["architectures"] = spec["architectures"][:1]
+    spec["finetune"]["stage_lr"] = {"stem": 0.0}
     plan = make_plan(parse_spec(spec))
     assert all(u.config["train"]["stage_lr"] == {"stem": 0.0} for u in plan.by_stage("finetune"))
     assert all("stage_lr" not in u.config["train"] for u in plan.by_stage("scratch"))
