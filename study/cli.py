@@ -170,11 +170,18 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     path = prepare(args.name, Path(args.cache) if args.cache else None, config, progress=True)
     meta = json.loads((path / "meta.json").read_text())
     report = meta.get("report", {})
+    rows = "frames" if report.get("frames") else "records"
     print(
-        f"prepared {args.name}: {meta['n_records']} records of {meta['n_patients']} patients "
+        f"prepared {args.name}: {meta['n_records']} {rows} of {meta['n_patients']} patients "
         f"-> {path}"
     )
+    print(
+        f"  each {meta.get('input_kind', 'signal')} {tuple(meta.get('input_shape', ()))}, "
+        f"{meta.get('label_kind', 'multi_label')} labels"
+    )
     print(f"  classes ({report.get('label_set', '-')}): {', '.join(meta['classes'])}")
+    for caveat in report.get("caveats", []):
+        print(f"  caveat: {caveat}")
     print(f"  splits: {meta['split_counts']} ({meta['split_rule']})")
     if report:
         print(
