@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from analysis.curves import epochs_to_match_scratch
 from analysis.load import load_epochs, load_trials
 from analysis.report import paired_differences, summarize, write_report
 
@@ -15,6 +16,7 @@ __all__ = [
     "write_report",
     "report_study",
     "default_metrics",
+    "epochs_to_match_scratch",
     "REPORT_METRICS",
 ]
 
@@ -45,4 +47,11 @@ def report_study(uri: str, out_dir: str | Path) -> dict[str, Path]:
     """Write the figures and tables of the study at `uri` into `out_dir`, for every metric
     its trials have (see REPORT_METRICS)."""
     trials = load_trials(uri)
-    return write_report(trials, out_dir, metrics=default_metrics(trials) or ("test_macro_auroc",))
+    paths = write_report(trials, out_dir, metrics=default_metrics(trials) or ("test_macro_auroc",))
+    if (trials["init"] == "pretrained").any():
+        # epochs until each fine-tuned model reaches its scratch partner's best
+        matched = epochs_to_match_scratch(trials, load_epochs(uri))
+        path = Path(out_dir) / "epochs_to_match.csv"
+        matched.to_csv(path, index=False)
+        paths[path.name] = path
+    return paths

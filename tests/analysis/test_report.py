@@ -372,3 +372,52 @@ def test_a_study_reports_the_metrics_its_task_has():
         }
     )
     assert default_metrics(cls) == ["test_macro_auroc", "test_macro_f1", "test_cinc2017_score"]
+
+
+def test_epochs_to_match_scratch_by_hand():
+    import numpy as np
+    import pandas as pd
+
+    from analysis.curves import epochs_to_match_scratch
+
+    common = {"architecture": "r", "downstream": "d", "data_fraction": 0.5, "repeat": 0}
+    trials = pd.DataFrame(
+        [
+            {
+                **common,
+                "unit_id": "sc",
+                "init": "scratch",
+                "upstream": None,
+                "pretrain_task": None,
+                "freeze_depth": 0,
+            },
+            {
+                **common,
+                "unit_id": "ft",
+                "init": "pretrained",
+                "upstream": "u",
+                "pretrain_task": "classification",
+                "freeze_depth": 0,
+            },
+            {
+                **common,
+                "unit_id": "ft2",
+                "init": "pretrained",
+                "upstream": "v",
+                "pretrain_task": "classification",
+                "freeze_depth": 0,
+            },
+        ]
+    )
+    epochs = pd.DataFrame(
+        {
+            "unit_id": ["sc"] * 4 + ["ft"] * 3 + ["ft2"] * 2,
+            "epoch": [1, 2, 3, 4, 1, 2, 3, 1, 2],
+            # scratch's best: 0.5 at epoch 3; ft reaches it at epoch 2; ft2 never
+            "val_loss": [0.9, 0.7, 0.5, 0.6, 0.8, 0.45, 0.4, 0.9, 0.8],
+        }
+    )
+    out = epochs_to_match_scratch(trials, epochs).set_index("unit_id")
+    assert out.loc["ft", "scratch_best_epoch"] == 3
+    assert out.loc["ft", "epochs_to_match"] == 2
+    assert np.isnan(out.loc["ft2", "epochs_to_match"])

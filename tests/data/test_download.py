@@ -62,9 +62,11 @@ class _Handler(BaseHTTPRequestHandler):
         if cut:  # half the body, then drop the connection (a reset mid-transfer)
             body = body[: len(body) // 2]
             self.close_connection = True
+        # recorded before writing: the client may finish reading (and the test assert)
+        # before this thread runs on after the write
+        entry["sent"] = len(body)
         self.wfile.write(body)
         self.wfile.flush()
-        entry["sent"] = len(body)
 
     def _reply(self, entry: dict, status: int, body: bytes) -> None:
         entry["status"] = status
