@@ -12,6 +12,26 @@ PhysioNet's own tree keeps the records in training/A00/ ... training/A08/ and th
 labels in REFERENCE-v3.csv at the top; both work: records are looked up in training/ and one
 folder below it, and `reference` names the label file to use. The recordings carry no patient
 identifiers, so `patient_id` is the record id (a patient may have several records).
+
+Label sets (all single-label: one letter per record):
+
+- cinc2017: the challenge's four classes N, A, O, ~ (Weimann & Conrad fine-tune on these).
+- af_normal: AF against normal sinus rhythm, classes ("N", "A"); records labelled O or ~ have
+  no class of the set and are dropped as unlabelled. For Huerta et al.'s binary AF detector
+  (AlexNet on CWT scalograms, CinC 2020).
+- af_other: AF against every other record, classes ("non_A", "A"); N, O and ~ all map to
+  non_A, so no record is dropped.
+
+The positive class comes second in both binary sets, as the evaluation expects of a binary
+task (sensitivity, specificity, accuracy of A).
+
+Verified: the letters and their meaning (the challenge's REFERENCE files); each set maps
+them exactly as stated above (tests/data/readers/test_cinc2017.py). Not verified: which
+classes Huerta et al. took from CinC 2017. Their paper could not be read from here (neither
+the CinC 2020 paper nor their Entropy 2020 paper turned up in the sources we could search),
+so whether they trained on AF vs normal rhythm only or on AF vs all other recordings is
+open. af_normal (N and A recordings only) is our choice for experiments/huerta_2020.yaml;
+af_other keeps the other reading one word away in a spec.
 """
 
 from __future__ import annotations
@@ -34,11 +54,22 @@ __all__ = ["Cinc2017Reader"]
 FS = 300.0
 LEADS = ("ECG",)  # the single AliveCor lead, named as in the headers
 CLASSES = ("N", "A", "O", "~")
+# Label set -> the class of each reference letter; a letter a set does not map gives the
+# record no class of that set (dropped as unlabelled). Binary sets put the positive (AF)
+# class second. Why two binary sets: module docstring.
+_LETTER_TO_CLASS: dict[str, dict[str, str]] = {
+    "cinc2017": {c: c for c in CLASSES},
+    "af_normal": {"N": "N", "A": "A"},
+    "af_other": {"N": "non_A", "O": "non_A", "~": "non_A", "A": "A"},
+}
 
 
 @READERS.register(name="cinc2017")
 class Cinc2017Reader(DatasetReader):
-    """CinC 2017: one record per row of the reference file, one-hot N / A / O / ~.
+    """CinC 2017: one record per row of the reference file, one class per record.
+
+    Label sets: cinc2017 (N, A, O, ~), af_normal (N, A; O and ~ records dropped) and
+    af_other (non_A, A); see the module docstring for what each is for.
 
     Records come in the reference file's order with `labels` the reference's letter and
     `meta["file"]` the header's path under the root. A row whose record is not on disk, or
@@ -60,8 +91,12 @@ class Cinc2017Reader(DatasetReader):
     name = "cinc2017"
     source = "https://physionet.org/content/challenge-2017/1.0.0/"
     licence = "ODC-By-1.0"
-    label_sets = {"cinc2017": CLASSES}
-    label_kinds = {"cinc2017": "single_label"}  # one letter per record
+    label_sets = {
+        "cinc2017": CLASSES,
+        "af_normal": ("N", "A"),
+        "af_other": ("non_A", "A"),
+    }
+    label_kinds = dict.fromkeys(label_sets, "single_label")  # one letter per record
 
     def __init__(
         self, root: str | Path, reference: str = "REFERENCE.csv", records_dir: str = "training"
@@ -147,13 +182,15 @@ class Cinc2017Reader(DatasetReader):
         return out
 
     def classes_of(self, record: Record, label_set: str) -> set[str]:
-        """The record's one class (empty for an unknown letter).
+        """The record's one class in `label_set`: empty for an unknown letter, and for a
+        letter the set leaves out (O and ~ in af_normal).
 
         Raises:
             ConfigError: an unknown label set.
         """
         self.check_label_set(label_set)
-        return {c for c in record.labels if c in CLASSES}
+        mapping = _LETTER_TO_CLASS[label_set]
+        return {mapping[c] for c in record.labels if c in mapping}
 
     def read(self, record: Record) -> Signal:
         """The single lead in mV at 300 Hz.

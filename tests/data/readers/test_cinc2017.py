@@ -10,6 +10,8 @@ import pytest
 import scipy.io
 import wfdb
 
+from study.data import PreparedDataset, prepare
+from study.data.config import DatasetConfig
 from study.data.readers import READERS, BadRecord
 from study.data.readers.cinc2017 import Cinc2017Reader
 from study.errors import ConfigError, DataError
@@ -137,7 +139,7 @@ def test_read_returns_the_written_millivolts(fixture, reader):
 
 def test_labels_are_one_hot_n_a_o_noise(reader):
     recs = [by_id(reader)[k] for k in [*GOOD, *NESTED, "A00006"]]
-    assert reader.label_sets == {"cinc2017": ("N", "A", "O", "~")}
+    assert reader.label_sets["cinc2017"] == ("N", "A", "O", "~")
     np.testing.assert_array_equal(
         reader.label_matrix(recs),
         np.array(
@@ -145,8 +147,36 @@ def test_labels_are_one_hot_n_a_o_noise(reader):
             dtype=np.uint8,
         ),
     )
-    with pytest.raises(ConfigError, match="no label set 'af'; known: cinc2017"):
+    with pytest.raises(
+        ConfigError, match="no label set 'af'; known: cinc2017, af_normal, af_other"
+    ):
         reader.classes_of(recs[0], "af")
+
+
+def test_every_label_set_is_single_label_with_the_positive_class_second():
+    assert Cinc2017Reader.label_sets == {
+        "cinc2017": ("N", "A", "O", "~"),
+        "af_normal": ("N", "A"),
+        "af_other": ("non_A", "A"),
+    }
+    assert Cinc2017Reader.label_kinds == dict.fromkeys(Cinc2017Reader.label_sets, "single_label")
+
+
+# letters N, A, O, ~ (GOOD), A (NESTED), then X (unknown): the row each set gives
+BINARY = {
+    "af_normal": [[1, 0], [0, 1], [0, 0], [0, 0], [0, 1], [0, 0]],  # O and ~ have no class
+    "af_other": [[1, 0], [0, 1], [1, 0], [1, 0], [0, 1], [0, 0]],  # N, O, ~ are all non_A
+}
+
+
+@pytest.mark.parametrize("label_set", BINARY)
+def test_binary_af_label_sets(reader, label_set):
+    recs = [by_id(reader)[k] for k in [*GOOD, *NESTED, "A00006"]]
+    np.testing.assert_array_equal(
+        reader.label_matrix(recs, label_set), np.array(BINARY[label_set], dtype=np.uint8)
+    )
+    assert reader.classes_of(recs[0], label_set) == {"N" if label_set == "af_normal" else "non_A"}
+    assert reader.classes_of(recs[1], label_set) == {"A"}
 
 
 @pytest.mark.parametrize(("name", "reason"), [(k, v[1]) for k, v in BAD.items()])
@@ -194,3 +224,34 @@ def test_wrong_layouts_say_what_was_expected_and_found(tmp_path):
     (tmp_path / "REFERENCE.csv").write_text("A00001,N\nA00001,A\n")
     with pytest.raises(DataError, match=r"lists record A00001 twice \(line 2\)"):
         Cinc2017Reader(tmp_path)
+
+
+def write_labelled_cinc(root: Path, letters: dict[str, int]) -> list[tuple[str, str]]:
+    """A challenge-layout folder with `letters[L]` good 3-s records of each letter L."""
+    rows: list[tuple[str, str]] = []
+    for letter, n in letters.items():
+        for _ in range(n):
+            rows.append((f"A{len(rows) + 1:05d}", letter))
+    for k, (name, _) in enumerate(rows):
+        write_cinc_record(root / "training", name, digital(900, seed=100 + k))
+    (root / "REFERENCE-v3.csv").write_text("".join(f"{k},{v}\n" for k, v in rows))
+    return rows
+
+
+def test_af_normal_prepares_n_and_a_records_and_drops_the_rest(tmp_path):
+    rows = write_labelled_cinc(tmp_path / "src", {"N": 20, "A": 20, "O": 6, "~": 4})
+    cfg = DatasetConfig(
+        source=str(tmp_path / "src"),
+        label_set="af_normal",
+        options={"reference": "REFERENCE-v3.csv"},
+    )
+    data = PreparedDataset(prepare("cinc2017", tmp_path / "cache", cfg))
+    report = data.meta["report"]
+    assert data.classes == ["N", "A"] and data.label_kind == "single_label"
+    assert (report["records_kept"], report["unlabelled_dropped"]) == (40, 10)
+    letter = dict(rows)
+    kept = data.records.record_id.tolist()
+    assert sorted(kept) == sorted(k for k, v in rows if v in "NA")
+    np.testing.assert_array_equal(
+        data.labels, np.array([[letter[k] == "N", letter[k] == "A"] for k in kept], np.uint8)
+    )
