@@ -20,10 +20,20 @@ SPEC = {
     "downstream": ["synth_tiny"],
     "self_pairs": "patient_disjoint",
     "datasets": {"synth_tiny": {"preprocessing": {"leads": ["II"]}}},
-    "pretrain": {"task": "autoencoder", "epochs": 4, "num_workers": 1, "batch_size": 8,
-                 "lr": 0.003},
-    "finetune": {"freeze_depths": [0, "all"], "data_fractions": [1.0], "repeats": 1,
-                 "epochs": 2, "batch_size": 8},
+    "pretrain": {
+        "task": "autoencoder",
+        "epochs": 4,
+        "num_workers": 1,
+        "batch_size": 8,
+        "lr": 0.003,
+    },
+    "finetune": {
+        "freeze_depths": [0, "all"],
+        "data_fractions": [1.0],
+        "repeats": 1,
+        "epochs": 2,
+        "batch_size": 8,
+    },
 }
 
 
@@ -43,8 +53,10 @@ def test_autoencoder_pretraining_then_fine_tuning(tmp_path, cache_dir):
     by_init = {(r["init"], r["freeze_depth"]): r for r in rows}
     assert by_init[("pretrained", 0)]["pretrain_task"] == "autoencoder"
     # the classifiers carry no decoder: the fine-tuned and scratch models are the same model
-    assert (by_init[("pretrained", 0)]["trainable_params"]
-            == by_init[("scratch", 0)]["trainable_params"])
+    assert (
+        by_init[("pretrained", 0)]["trainable_params"]
+        == by_init[("scratch", 0)]["trainable_params"]
+    )
     linear_probe = by_init[("pretrained", 3)]
     assert linear_probe["trainable_params"] < by_init[("scratch", 0)]["trainable_params"]
 
@@ -53,7 +65,6 @@ def test_autoencoder_task_needs_an_architecture_that_reconstructs():
     bad = {**SPEC, "architectures": [{"name": "resnet1d18", "options": {"base_width": 4}}]}
     with pytest.raises(ConfigError, match="needs an architecture that reconstructs"):
         parse_spec(bad)
-    no_decoder = {**SPEC, "architectures": [{"name": "cae",
-                                              "options": {"with_decoder": False}}]}
+    no_decoder = {**SPEC, "architectures": [{"name": "cae", "options": {"with_decoder": False}}]}
     with pytest.raises(ConfigError, match="cae does not"):
         parse_spec(no_decoder)
