@@ -21,7 +21,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import torch
 
@@ -155,11 +154,6 @@ _PRETRAIN_KIND = {
 }
 
 
-def label_kind(data: PreparedDataset) -> str:
-    """multi_label, single_label or per_sample: the kind of labels a prepared dataset has."""
-    return data.meta.get("label_kind", "multi_label")
-
-
 def task_kind(unit: Unit, data: PreparedDataset) -> str:
     """What `unit` trains its model to do on `data` (one of study.training.TASKS).
 
@@ -168,7 +162,7 @@ def task_kind(unit: Unit, data: PreparedDataset) -> str:
             dataset without per-sample QRS targets, or a per-sample model on record labels).
     """
     c = unit.config
-    have = label_kind(data)
+    have = data.label_kind
     if unit.stage == "pretrain":
         kind = _PRETRAIN_KIND.get(c["task"], have)
         if kind in ("single_label", "per_sample") and c["task"] != "classification":
@@ -336,7 +330,7 @@ def run_finetune_unit(
         p_test = predict(model, test[0], device=device, task=kind)
         beats = None
         if kind == "per_sample":
-            beats = (data.beats(np.sort(val_idx)), data.beats(np.sort(test_idx)))
+            beats = (data.beats(val_idx), data.beats(test_idx))
         test_m = score_split(
             kind,
             data.classes,

@@ -96,6 +96,7 @@ def _classification(
 ) -> dict:
     y_test = np.asarray(y_test).astype(int)
     out: dict = {}
+    pos = _binary_columns(classes)
     if kind == "single_label":
         out.update(single_label_metrics(y_test, p_test))
         true, pred = y_test.argmax(axis=1), p_test.argmax(axis=1)
@@ -105,11 +106,8 @@ def _classification(
         if tuple(classes) == _CINC2017:
             names = np.asarray(classes)
             out["cinc2017_score"] = cinc2017_score(names[true], names[pred], _CINC2017)
-        thresholds = None  # arg-max: no threshold
-        pos = _binary_columns(classes)
-        if pos is not None:
-            # softmax over two classes: p1 >= 0.5 is the arg-max decision
-            thresholds = [0.5] * len(classes)
+        # arg-max: no threshold; over two softmax classes p1 >= 0.5 is the arg-max decision
+        thresholds = None if pos is None else [0.5] * len(classes)
     else:
         thr = choose_thresholds(np.asarray(y_val).astype(int), p_val)
         thresholds = thr.tolist()
@@ -122,7 +120,6 @@ def _classification(
                     out["challenge_score"] = challenge_score(y_test, p_test >= thr[None, :], names)
                 except ConfigError:
                     pass  # e.g. no scored class besides normal: the metric does not apply
-    pos = _binary_columns(classes)
     if pos is not None:
         b = binary_metrics(y_test[:, pos], p_test[:, pos], thresholds[pos])
         out.update({k: b[k] for k in ("sensitivity", "specificity", "accuracy")})
