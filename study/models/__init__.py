@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-# Importing the architecture modules registers their factories.
+# Importing the architecture modules registers their variants.
 from study.models import (  # noqa: F401
     alexnet2d,
     autoencoder,

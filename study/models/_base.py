@@ -9,14 +9,34 @@ always trained. Frozen batch-norm layers keep their pretrained running statistic
 from __future__ import annotations
 
 import copy
-from typing import Any, Self
+from typing import Any, ClassVar, NotRequired, Self, TypedDict
 
 import torch
 from torch import nn
 
 from study.errors import ConfigError, DataError
 
-__all__ = ["ECGModel", "positive_int", "one_of"]
+__all__ = ["ECGModel", "ModelSizes", "SIZES", "positive_int", "one_of"]
+
+
+class ModelSizes(TypedDict):
+    """The registry name and the sizes every architecture takes, passed on to `ECGModel`.
+
+    Builders take them as `**sizes: Unpack[ModelSizes]` after their own keyword-only options,
+    so the sizes are declared here once and a builder's signature lists only its options.
+    """
+
+    name: str
+    #: number of leads C of the input (image channels for image models)
+    in_channels: int
+    #: number of logits
+    num_classes: int
+    #: samples per record L, or None where the architecture does not need it
+    input_length: NotRequired[int | None]
+
+
+#: The size arguments of every architecture, in the order `create_model` takes them.
+SIZES: tuple[str, ...] = tuple(k for k in ModelSizes.__annotations__ if k != "name")
 
 
 def positive_int(value: Any, what: str, model: str) -> int:
@@ -48,7 +68,11 @@ class ECGModel(nn.Module):
     Subclasses call `super().__init__(...)` first, then set `stem` (any module), `stages` (an
     `nn.Sequential` whose children are named "0", "1", ...) and `head` (an `nn.Sequential`
     whose last child is the classifier `fc`, an `nn.Linear`). Everything else (freezing,
-    head reset, config) lives here.
+    head reset, config) lives here. What a model takes and gives is declared on its class
+    (`input_kind`, `output_kind`, `pretext_prefixes`, `can_reconstruct`), so callers read it
+    without building a forward pass.
+    At `max_freeze_depth` what still trains is `head_trainable` plus `body_trainable` (parts
+    outside the freeze groups, e.g. a U-Net decoder); `probe_kind` names the result.
 
     Args:
         name: the registry name; recorded in `config` so `create_model(**config)` rebuilds it.
@@ -70,6 +94,13 @@ class ECGModel(nn.Module):
     head_prefixes: tuple[str, ...] = ("head.",)
     #: State-dict key prefixes of the layer `reset_head` replaces (a subset of the head).
     classifier_prefixes: tuple[str, ...] = ("head.fc.",)
+    #: "signal": the forward takes (N, C, L); "image": (N, C, H, W).
+    input_kind: ClassVar[str] = "signal"
+    #: "record": the forward gives (N, num_classes); "per_sample": (N, num_classes, L).
+    output_kind: ClassVar[str] = "record"
+    #: State-dict prefixes of pretext-only parts (not in the classifier's forward); a
+    #: fine-tuning run drops them when it loads pretrained weights.
+    pretext_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -77,7 +108,7 @@ class ECGModel(nn.Module):
         name: str,
         in_channels: int,
         num_classes: int,
-        input_length: int | None,
+        input_length: int | None = None,
         options: dict[str, Any],
     ) -> None:
         super().__init__()
@@ -120,6 +151,51 @@ class ECGModel(nn.Module):
     def freeze_depth(self) -> int:
         """The depth of the last `freeze` call (0 when never frozen)."""
         return self._freeze_depth
+
+    @property
+    def can_reconstruct(self) -> bool:
+        """Whether `reconstruct(x)` works (the "autoencoder" pretraining task needs it)."""
+        return False
+
+    @property
+    def head_trainable(self) -> tuple[str, ...]:
+        """Module names of the head's layers with parameters, in order; they always train."""
+        return tuple(
+            f"head.{n}" for n, m in self.head.named_modules() if n and _has_parameters(m, False)
+        )
+
+    @property
+    def body_trainable(self) -> tuple[str, ...]:
+        """Top-level modules outside the freeze groups and the head, which always train.
+
+        A U-Net's decoder is one. Pretext-only parts are left out: the classifier's forward
+        does not reach them, so they get no gradient.
+        """
+        groups = self.freeze_groups
+        names = []
+        for key, _ in self.named_parameters():
+            if key.startswith(("head.", *self.pretext_prefixes)) or _in_groups(key, groups):
+                continue
+            top = key.split(".")[0]
+            if top not in names:
+                names.append(top)
+        return tuple(names)
+
+    @property
+    def probe_kind(self) -> str:
+        """What trains at `max_freeze_depth`, in one word.
+
+        "linear": only the classifier (a linear probe); "mlp": only the head, whose layers
+        are all linear (hidden layers before the classifier); "head": only the head, with
+        other layers; "partial": `body_trainable` parts train as well, so it is no probe.
+        """
+        if self.body_trainable:
+            return "partial"
+        classifier = tuple(p.rstrip(".") for p in self.classifier_prefixes)
+        if self.head_trainable == classifier:
+            return "linear"
+        layers = (self.get_submodule(n) for n in self.head_trainable)
+        return "mlp" if all(isinstance(m, nn.Linear) for m in layers) else "head"
 
     # ---- forward -----------------------------------------------------------------------
 
@@ -212,5 +288,9 @@ class ECGModel(nn.Module):
         self.num_classes = num_classes
 
 
-def _has_parameters(module: nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
+def _has_parameters(module: nn.Module, recurse: bool = True) -> bool:
+    return next(module.parameters(recurse), None) is not None
+
+
+def _in_groups(key: str, groups: tuple[str, ...]) -> bool:
+    return any(key.startswith(g + ".") for g in groups)

@@ -1,28 +1,194 @@
-"""The one way in: `create_model(name, ...)` over the `MODELS` registry.
+"""The one way in: `create_model(name, ...)` over the `MODELS` registry of model variants.
 
-A model factory is a function registered with `@MODELS.register`, whose keyword-only
-parameters are `in_channels`, `num_classes`, `input_length` and then the architecture's
-options (each with a default). The options are read from that signature, so an unknown option
-fails here, naming it and the valid ones.
+A variant is data over a builder class, as timm's `generate_default_cfgs` is: a name, the
+builder arguments it fixes (block type, blocks per stage, ...), the defaults it changes and a
+one-line doc; `register_variant` adds one. A variant's options are its builder's keyword-only
+parameters (the sizes come as `**sizes: Unpack[ModelSizes]`) with their defaults, so an
+unknown option fails here, naming it and the valid ones.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
 from study._registry import Registry
 from study.errors import ConfigError
-from study.models._base import ECGModel
+from study.models._base import SIZES, ECGModel
 
-__all__ = ["MODELS", "create_model", "list_models", "model_info"]
+__all__ = [
+    "MODELS",
+    "ModelVariant",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_variant",
+]
 
-MODELS: Registry[Callable[..., ECGModel]] = Registry("model")
 
-_SIZES = frozenset({"in_channels", "num_classes", "input_length"})
+@dataclass(frozen=True)
+class ModelVariant:
+    """A registered architecture: `builder` with some arguments fixed and defaults resolved.
+
+    Calling it builds the model: `resnet1d18(in_channels=12, num_classes=5, base_width=16)`.
+
+    Attributes:
+        name: the registry name, also the model's `name`.
+        builder: the `ECGModel` subclass that builds it.
+        fixed: builder arguments the variant sets and callers cannot (e.g. `layers`).
+        option_names: the options callers may set, in the builder's order.
+        defaults: the default of every option, and of every size that has one (the
+            variant's, else `ECGModel`'s: input_length=None).
+        doc: one line on what the variant is (its former factory's docstring).
+    """
+
+    name: str
+    builder: type[ECGModel]
+    fixed: Mapping[str, Any]
+    option_names: tuple[str, ...]
+    defaults: Mapping[str, Any]
+    doc: str
+
+    def resolve(
+        self, options: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge options given as a mapping and as keywords, and fill in the defaults.
+
+        Returns:
+            Every option, in `option_names` order (a canonical form: equal settings give
+            equal dicts in the same order).
+
+        Raises:
+            ConfigError: options is not a mapping, an option is given both ways, or an
+                option is unknown (the message lists the valid ones).
+        """
+        if options is not None and not isinstance(options, Mapping):
+            raise ConfigError(f"options must be a mapping for model {self.name!r}, got {options!r}")
+        merged = dict(options or {})
+        both = sorted(set(merged) & set(kwargs))
+        if both:
+            raise ConfigError(
+                f"option(s) {', '.join(both)} given both in options and as keywords "
+                f"for model {self.name!r}; give each once"
+            )
+        merged.update(kwargs)
+        unknown = sorted(set(merged) - set(self.option_names))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(repr(u) for u in unknown)} for model "
+                f"{self.name!r}; valid options: {', '.join(self.option_names) or '(none)'}"
+            )
+        return {k: merged.get(k, self.defaults[k]) for k in self.option_names}
+
+    def __call__(self, *, options: Mapping[str, Any] | None = None, **kwargs: Any) -> ECGModel:
+        """Build the model from sizes and options given as keywords or as `options`.
+
+        Raises:
+            ConfigError: a size without default is missing, or as `resolve`, or an invalid
+                value (raised by the builder).
+        """
+        sizes = {k: kwargs.pop(k) for k in SIZES if k in kwargs}
+        resolved = self.resolve(options, kwargs)
+        sizes = {k: self.defaults[k] for k in SIZES if k in self.defaults} | sizes
+        missing = [k for k in SIZES if k not in sizes]
+        if missing:
+            raise ConfigError(
+                f"{', '.join(missing)} must be given for model {self.name!r}: the variant has "
+                "no default for it, got none"
+            )
+        return self.builder(**self.fixed, name=self.name, **sizes, **resolved)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # Pickle by name, as the factory functions were (a Ray task may receive one).
+        return _registered, (self.name,)
+
+
+def _registered(name: str) -> ModelVariant:
+    import study.models  # noqa: F401  (registers every variant)
+
+    return MODELS.get(name)
+
+
+MODELS: Registry[ModelVariant] = Registry("model")
+
+# The sizes ECGModel gives a default (input_length=None); the others must be given.
+_SIZE_DEFAULTS = {
+    p.name: p.default
+    for p in inspect.signature(ECGModel.__init__).parameters.values()
+    if p.name in SIZES and p.default is not p.empty
+}
+
+
+def register_variant(
+    name: str,
+    builder: type[ECGModel],
+    *,
+    fixed: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    doc: str,
+) -> ModelVariant:
+    """Register `builder` with `fixed` arguments as model `name`.
+
+    Args:
+        name: the registry name.
+        builder: an `ECGModel` subclass whose signature is its structural arguments
+            (positional), then its options (keyword-only, each with a default), then
+            `**sizes: Unpack[ModelSizes]`.
+        fixed: a value for every structural argument without default.
+        defaults: options or sizes whose default differs from the builder's (e.g. one lead).
+        doc: one line on what the variant is; kept on the variant.
+
+    Returns:
+        The variant (callable: it builds the model).
+
+    Raises:
+        ConfigError: the name is taken, `fixed` does not name exactly the structural
+            arguments, `defaults` names something that is not an option or size, or an
+            option has no default.
+    """
+    fixed = dict(fixed or {})
+    defaults = dict(defaults or {})
+    params = list(inspect.signature(builder).parameters.values())
+    options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    structural = {p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD}
+    required = {
+        p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
+    }
+    where = f"model variant {name!r} over {builder.__name__}"
+    if not required <= set(fixed) <= structural:
+        raise ConfigError(
+            f"fixed must set the structural arguments {sorted(required)} (at most "
+            f"{sorted(structural)}) for {where}, got {sorted(fixed)}"
+        )
+    stray = sorted(set(defaults) - set(options) - set(SIZES))
+    if stray:
+        raise ConfigError(
+            f"defaults may only name options ({', '.join(options)}) or sizes "
+            f"({', '.join(SIZES)}) for {where}, got {stray}"
+        )
+    resolved = {k: defaults.get(k, v) for k, v in options.items()}
+    no_default = [k for k, v in resolved.items() if v is inspect.Parameter.empty]
+    if no_default:
+        raise ConfigError(f"every option needs a default for {where}; none for {no_default}")
+    variant = ModelVariant(
+        name=name,
+        builder=builder,
+        fixed=MappingProxyType(fixed),
+        option_names=tuple(options),
+        defaults=MappingProxyType(
+            resolved | _SIZE_DEFAULTS | {k: defaults[k] for k in SIZES if k in defaults}
+        ),
+        doc=doc,
+    )
+    MODELS.register(variant, name=name)
+    return variant
 
 
 def list_models() -> list[str]:
@@ -60,32 +226,54 @@ def create_model(
         ConfigError: unknown name (the message lists the known ones), unknown or duplicated
             option (the message lists the valid ones), or an invalid value.
     """
-    factory = MODELS.get(name)
-    merged = _merge_options(name, options, kwargs)
-    return factory(
-        in_channels=in_channels, num_classes=num_classes, input_length=input_length, **merged
+    return MODELS.get(name)(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        input_length=input_length,
+        options=options,
+        **kwargs,
     )
 
 
 def model_info(name: str, **options: Any) -> dict[str, Any]:
     """Describe model `name` with `options` without real input sizes or memory.
 
-    Builds the model on the meta device (no storage), with placeholder sizes.
+    Builds the model on the meta device (no storage), with placeholder sizes, once per
+    (name, resolved options): later calls answer from a cache, each with its own copy.
 
     Returns:
         A dict with "name", "options" (resolved, defaults included), "freeze_groups",
-        "max_freeze_depth", "head_prefixes", "classifier_prefixes" and
-        "requires_input_length".
+        "max_freeze_depth", "head_prefixes", "classifier_prefixes", "requires_input_length",
+        "input_kind", "output_kind", "pretext_prefixes", "can_reconstruct", and what trains
+        at the largest freeze depth: "head_trainable", "body_trainable" and "probe_kind"
+        (see `ECGModel`).
 
     Raises:
         ConfigError: as `create_model`.
     """
-    extra = options.pop("options", None)
+    resolved = MODELS.get(name).resolve(options.pop("options", None), options)
+    if all(isinstance(v, _SCALARS) for v in resolved.values()):
+        # The type goes into the key: True == 1 and 64.0 == 64 hash alike, but an option
+        # given as 1.0 must fail validation rather than answer from 1's cache entry.
+        info = _describe_cached(name, tuple((k, type(v), v) for k, v in resolved.items()))
+    else:  # not hashable as a whole: describe without the cache (the builder will judge it)
+        info = _describe(name, resolved)
+    return copy.deepcopy(info)
+
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+# Bounded: a search over option values would otherwise keep every meta model description.
+@functools.lru_cache(maxsize=256)
+def _describe_cached(name: str, key: tuple[tuple[str, type, Any], ...]) -> dict[str, Any]:
+    return _describe(name, {k: v for k, _, v in key})
+
+
+def _describe(name: str, options: dict[str, Any]) -> dict[str, Any]:
     with torch.device("meta"):
         # input_length is a placeholder: it changes sizes, never groups or prefixes.
-        model = create_model(
-            name, in_channels=1, num_classes=2, input_length=16, options=extra, **options
-        )
+        model = MODELS.get(name)(in_channels=1, num_classes=2, input_length=16, options=options)
     return {
         "name": name,
         "options": model.config["options"],
@@ -94,41 +282,11 @@ def model_info(name: str, **options: Any) -> dict[str, Any]:
         "head_prefixes": model.head_prefixes,
         "classifier_prefixes": model.classifier_prefixes,
         "requires_input_length": model.requires_input_length,
-        # "signal" (N, leads, samples) or "image" (N, channels, H, W)
-        "input_kind": getattr(model, "input_kind", "signal"),
-        # "record" (N, classes) or "per_sample" (N, classes, samples)
-        "output_kind": getattr(model, "output_kind", "record"),
-        # state-dict prefixes of pretext-only parts (an autoencoder's decoder)
-        "pretext_prefixes": tuple(getattr(model, "pretext_prefixes", ())),
-        # whether `reconstruct(x)` works: the "autoencoder" pretraining task needs it
-        "can_reconstruct": hasattr(model, "reconstruct")
-        and bool(model.config["options"].get("with_decoder", True)),
+        "input_kind": model.input_kind,
+        "output_kind": model.output_kind,
+        "pretext_prefixes": model.pretext_prefixes,
+        "can_reconstruct": model.can_reconstruct,
+        "head_trainable": model.head_trainable,
+        "body_trainable": model.body_trainable,
+        "probe_kind": model.probe_kind,
     }
-
-
-def _option_names(factory: Callable[..., ECGModel]) -> list[str]:
-    params = inspect.signature(factory).parameters.values()
-    return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _SIZES]
-
-
-def _merge_options(
-    name: str, options: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
-) -> dict[str, Any]:
-    if options is not None and not isinstance(options, Mapping):
-        raise ConfigError(f"options must be a mapping for model {name!r}, got {options!r}")
-    merged = dict(options or {})
-    both = sorted(set(merged) & set(kwargs))
-    if both:
-        raise ConfigError(
-            f"option(s) {', '.join(both)} given both in options and as keywords "
-            f"for model {name!r}; give each once"
-        )
-    merged.update(kwargs)
-    valid = _option_names(MODELS.get(name))
-    unknown = sorted(set(merged) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {', '.join(repr(u) for u in unknown)} for model {name!r}; "
-            f"valid options: {', '.join(valid) or '(none)'}"
-        )
-    return merged

@@ -27,13 +27,14 @@ fc6's group starts with the adaptive pool, flatten and dropout that precede fc6.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from study.errors import ConfigError, DataError
-from study.models._base import ECGModel, positive_int
-from study.models._factory import MODELS
+from study.models._base import ECGModel, ModelSizes, positive_int
+from study.models._factory import register_variant
 
 __all__ = ["INPUT_SIZE", "MIN_INPUT_SIZE", "LAYERS", "AlexNet2d", "alexnet2d"]
 
@@ -57,17 +58,16 @@ _WIDTHS = (1, 3, 6, 4, 4)
 
 
 class AlexNet2d(ECGModel):
-    """AlexNet over (N, C, H, W) images; use the registered `alexnet2d` factory.
+    """AlexNet over (N, C, H, W) images; registered as `alexnet2d`.
 
     Args:
-        name: registry name.
-        in_channels: image channels, 1 or 3.
-        num_classes: number of logits (fc8's outputs).
-        input_length: recorded in `config` only (any H, W >= 63 runs).
         base_width: conv1's filters; conv2..conv5 have 3, 6, 4, 4 times as many (64 in
             AlexNet; smaller values are for tests).
         hidden_size: units of fc6 and fc7 (4096 in AlexNet).
         dropout: drop probability before fc6 and before fc7 (0.5 in AlexNet).
+        **sizes: name, in_channels (image channels, 1 or 3), num_classes (fc8's outputs) and
+            input_length (`ModelSizes`); input_length is recorded in `config` only (any
+            H, W >= 63 runs).
 
     Raises:
         ConfigError: in_channels is not 1 or 3, a size is not a positive int, or dropout is
@@ -80,21 +80,16 @@ class AlexNet2d(ECGModel):
     def __init__(
         self,
         *,
-        name: str,
-        in_channels: int,
-        num_classes: int,
-        input_length: int | None = None,
         base_width: int = 64,
         hidden_size: int = 4096,
         dropout: float = 0.5,
+        **sizes: Unpack[ModelSizes],
     ) -> None:
         super().__init__(
-            name=name,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            input_length=input_length,
             options={"base_width": base_width, "hidden_size": hidden_size, "dropout": dropout},
+            **sizes,
         )
+        name, in_channels = self.name, self.in_channels
         if in_channels not in (1, 3):
             raise ConfigError(
                 f"in_channels must be 1 (grey) or 3 (RGB) for {name}, got {in_channels}"
@@ -139,7 +134,7 @@ class AlexNet2d(ECGModel):
             nn.Sequential(fc7),
         )
         self.num_features = hidden_size
-        self.head = nn.Sequential(OrderedDict(fc=nn.Linear(hidden_size, num_classes)))  # fc8
+        self.head = nn.Sequential(OrderedDict(fc=nn.Linear(hidden_size, self.num_classes)))  # fc8
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -169,23 +164,10 @@ class AlexNet2d(ECGModel):
         super().freeze(depth)
 
 
-@MODELS.register
-def alexnet2d(
-    *,
-    in_channels: int = 3,
-    num_classes: int,
-    input_length: int | None = None,
-    base_width: int = 64,
-    hidden_size: int = 4096,
-    dropout: float = 0.5,
-) -> AlexNet2d:
-    """AlexNet (torchvision layout) on scalograms; 57,012,034 parameters (3 channels, 2 classes)."""
-    return AlexNet2d(
-        name="alexnet2d",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_length=input_length,
-        base_width=base_width,
-        hidden_size=hidden_size,
-        dropout=dropout,
-    )
+# Three channels by default: the scalogram as RGB, as ImageNet weights expect.
+alexnet2d = register_variant(
+    "alexnet2d",
+    AlexNet2d,
+    defaults={"in_channels": 3},
+    doc="AlexNet (torchvision layout) on scalograms; 57,012,034 params (3 channels, 2 classes).",
+)

@@ -22,14 +22,15 @@ parameters reach the optimiser or DDP).
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from study.errors import ConfigError
-from study.models._base import ECGModel, positive_int
-from study.models._factory import MODELS
+from study.models._base import ECGModel, ModelSizes, positive_int
+from study.models._factory import register_variant
 
 __all__ = ["ConvAutoencoder1d", "cae"]
 
@@ -45,48 +46,41 @@ class ConvAutoencoder1d(ECGModel):
     """Conv encoder (stem + stages), transposed-conv decoder, pooled linear head.
 
     Args:
-        name: registry name.
-        in_channels: number of leads (1: lead II in the paper).
-        num_classes: number of logits.
-        input_length: recorded in `config` only (any length runs; `reconstruct` pads to a
-            multiple of 2**depth and crops back).
         base_width: filters of the stem; stage i has base_width * 2**(i + 1).
         depth: number of stride-2 stages (the code is 2**depth times shorter).
         kernel_size: taps of every conv (odd).
         with_decoder: build the decoder (needed for pretraining; fine-tuning may drop it).
+        **sizes: name, in_channels (1: lead II in the paper), num_classes and input_length
+            (`ModelSizes`); input_length is recorded in `config` only (any length runs;
+            `reconstruct` pads to a multiple of 2**depth and crops back).
 
     Raises:
         ConfigError: a size is not a positive int, kernel_size is even, or with_decoder is
             not a bool.
     """
 
-    #: State-dict prefixes of the pretext-only part; fine-tuning drops them.
-    pretext_prefixes: tuple[str, ...] = ("decoder.",)
+    #: The decoder is pretext-only: fine-tuning drops its keys.
+    pretext_prefixes = ("decoder.",)
 
     def __init__(
         self,
         *,
-        name: str,
-        in_channels: int,
-        num_classes: int,
-        input_length: int | None = None,
         base_width: int = 16,
         depth: int = 4,
         kernel_size: int = 7,
         with_decoder: bool = True,
+        **sizes: Unpack[ModelSizes],
     ) -> None:
         super().__init__(
-            name=name,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            input_length=input_length,
             options={
                 "base_width": base_width,
                 "depth": depth,
                 "kernel_size": kernel_size,
                 "with_decoder": with_decoder,
             },
+            **sizes,
         )
+        name, in_channels = self.name, self.in_channels
         positive_int(base_width, "base_width", name)
         positive_int(depth, "depth", name)
         k = _odd_kernel(kernel_size, name)
@@ -112,7 +106,7 @@ class ConvAutoencoder1d(ECGModel):
             OrderedDict(
                 pool=nn.AdaptiveAvgPool1d(1),
                 flatten=nn.Flatten(1),
-                fc=nn.Linear(widths[-1], num_classes),
+                fc=nn.Linear(widths[-1], self.num_classes),
             )
         )
         self.decoder: nn.Sequential | None = None
@@ -127,6 +121,11 @@ class ConvAutoencoder1d(ECGModel):
             ]
             out = nn.Conv1d(widths[0], in_channels, k, 1, pad)  # linear: signals are signed
             self.decoder = nn.Sequential(*ups, out)
+
+    @property
+    def can_reconstruct(self) -> bool:
+        """True when built with its decoder (`with_decoder=True`)."""
+        return self.decoder is not None
 
     def _require_decoder(self) -> nn.Sequential:
         if self.decoder is None:
@@ -172,25 +171,9 @@ class ConvAutoencoder1d(ECGModel):
         return self.decode(self.forward_features(padded), length)
 
 
-@MODELS.register
-def cae(
-    *,
-    in_channels: int = 1,
-    num_classes: int,
-    input_length: int | None = None,
-    base_width: int = 16,
-    depth: int = 4,
-    kernel_size: int = 7,
-    with_decoder: bool = True,
-) -> ConvAutoencoder1d:
-    """Convolutional autoencoder over lead II (after Jang et al. 2021; not their exact layers)."""
-    return ConvAutoencoder1d(
-        name="cae",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_length=input_length,
-        base_width=base_width,
-        depth=depth,
-        kernel_size=kernel_size,
-        with_decoder=with_decoder,
-    )
+cae = register_variant(
+    "cae",
+    ConvAutoencoder1d,
+    defaults={"in_channels": 1},  # lead II
+    doc="Convolutional autoencoder over lead II (after Jang et al. 2021; not their exact layers).",
+)

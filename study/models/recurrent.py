@@ -9,13 +9,14 @@ accepts any length.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from study.errors import ConfigError
-from study.models._base import ECGModel, one_of, positive_int
-from study.models._factory import MODELS
+from study.models._base import ECGModel, ModelSizes, one_of, positive_int
+from study.models._factory import register_variant
 
 __all__ = ["HEADS", "RecurrentNet", "gru", "lstm", "bilstm"]
 
@@ -42,17 +43,15 @@ class TimeMean(nn.Module):
 
 
 class RecurrentNet(ECGModel):
-    """Identity stem, one recurrent stage, linear head; use the registered factories.
+    """Identity stem, one recurrent stage, linear head; the registered variants fix the cell.
 
     Args:
         cell: `nn.GRU` or `nn.LSTM`.
         bidirectional: run the layer both ways (outputs concatenated).
-        name: registry name.
-        in_channels: number of leads.
-        num_classes: number of logits.
-        input_length: samples per record; required with head="flatten".
         hidden_size: units per direction.
         head: "flatten" (all steps -> Linear) or "pooled" (mean over time -> Linear).
+        **sizes: name, in_channels, num_classes and input_length (`ModelSizes`);
+            input_length is required with head="flatten".
 
     Raises:
         ConfigError: a size or option is invalid, or head="flatten" without input_length.
@@ -63,20 +62,12 @@ class RecurrentNet(ECGModel):
         cell: type[nn.GRU | nn.LSTM],
         bidirectional: bool,
         *,
-        name: str,
-        in_channels: int,
-        num_classes: int,
-        input_length: int | None = None,
         hidden_size: int = 100,
         head: str = "flatten",
+        **sizes: Unpack[ModelSizes],
     ) -> None:
-        super().__init__(
-            name=name,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            input_length=input_length,
-            options={"hidden_size": hidden_size, "head": head},
-        )
+        super().__init__(options={"hidden_size": hidden_size, "head": head}, **sizes)
+        name, input_length = self.name, self.input_length
         positive_int(hidden_size, "hidden_size", name)
         one_of(head, HEADS, "head", name)
         if head == "flatten" and input_length is None:
@@ -88,83 +79,39 @@ class RecurrentNet(ECGModel):
         self.stem = nn.Identity()
         self.stages = nn.Sequential(
             RecurrentStage(
-                cell(in_channels, hidden_size, batch_first=True, bidirectional=bidirectional)
+                cell(self.in_channels, hidden_size, batch_first=True, bidirectional=bidirectional)
             )
         )
         if head == "flatten":
             self.requires_input_length = True
             self.num_features = input_length * features
             self.head = nn.Sequential(
-                OrderedDict(flatten=nn.Flatten(1), fc=nn.Linear(self.num_features, num_classes))
+                OrderedDict(
+                    flatten=nn.Flatten(1), fc=nn.Linear(self.num_features, self.num_classes)
+                )
             )
         else:
             self.num_features = features
             self.head = nn.Sequential(
-                OrderedDict(pool=TimeMean(), fc=nn.Linear(features, num_classes))
+                OrderedDict(pool=TimeMean(), fc=nn.Linear(features, self.num_classes))
             )
 
 
-@MODELS.register
-def gru(
-    *,
-    in_channels: int,
-    num_classes: int,
-    input_length: int | None = None,
-    hidden_size: int = 100,
-    head: str = "flatten",
-) -> RecurrentNet:
-    """One unidirectional GRU layer."""
-    return RecurrentNet(
-        nn.GRU,
-        False,
-        name="gru",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_length=input_length,
-        hidden_size=hidden_size,
-        head=head,
-    )
-
-
-@MODELS.register
-def lstm(
-    *,
-    in_channels: int,
-    num_classes: int,
-    input_length: int | None = None,
-    hidden_size: int = 100,
-    head: str = "flatten",
-) -> RecurrentNet:
-    """One unidirectional LSTM layer."""
-    return RecurrentNet(
-        nn.LSTM,
-        False,
-        name="lstm",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_length=input_length,
-        hidden_size=hidden_size,
-        head=head,
-    )
-
-
-@MODELS.register
-def bilstm(
-    *,
-    in_channels: int,
-    num_classes: int,
-    input_length: int | None = None,
-    hidden_size: int = 100,
-    head: str = "flatten",
-) -> RecurrentNet:
-    """One bidirectional LSTM layer (hidden_size units per direction)."""
-    return RecurrentNet(
-        nn.LSTM,
-        True,
-        name="bilstm",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_length=input_length,
-        hidden_size=hidden_size,
-        head=head,
-    )
+gru = register_variant(
+    "gru",
+    RecurrentNet,
+    fixed={"cell": nn.GRU, "bidirectional": False},
+    doc="One unidirectional GRU layer.",
+)
+lstm = register_variant(
+    "lstm",
+    RecurrentNet,
+    fixed={"cell": nn.LSTM, "bidirectional": False},
+    doc="One unidirectional LSTM layer.",
+)
+bilstm = register_variant(
+    "bilstm",
+    RecurrentNet,
+    fixed={"cell": nn.LSTM, "bidirectional": True},
+    doc="One bidirectional LSTM layer (hidden_size units per direction).",
+)

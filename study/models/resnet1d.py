@@ -10,12 +10,14 @@ expansion (512 for resnet1d18 at the default width).
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Unpack
 
 import torch
 from torch import nn
 
-from study.models._base import ECGModel, positive_int
-from study.models._factory import MODELS
+from study.models._base import ECGModel, ModelSizes, positive_int
+from study.models._factory import register_variant
+from study.models._resnet import resnet_trunk
 
 __all__ = ["BasicBlock1d", "Bottleneck1d", "ResNet1d", "resnet1d18", "resnet1d50", "resnet1d101"]
 
@@ -74,16 +76,14 @@ def _shortcut(in_planes: int, out: int, stride: int) -> nn.Sequential | None:
 
 
 class ResNet1d(ECGModel):
-    """Generic 1-D ResNet; use the registered `resnet1d*` factories.
+    """Generic 1-D ResNet; the registered `resnet1d*` variants fix `block` and `layers`.
 
     Args:
         block: `BasicBlock1d` or `Bottleneck1d`.
         layers: blocks per stage (four stages).
-        name: registry name.
-        in_channels: number of leads.
-        num_classes: number of logits.
-        input_length: recorded in `config` only (the global pool accepts any length).
         base_width: width of the stem and first stage; stage i has base_width * 2**i planes.
+        **sizes: name, in_channels, num_classes and input_length (`ModelSizes`); the global
+            pool accepts any length, so input_length is recorded in `config` only.
 
     Raises:
         ConfigError: a size or base_width is not a positive int.
@@ -94,45 +94,28 @@ class ResNet1d(ECGModel):
         block: type[BasicBlock1d | Bottleneck1d],
         layers: tuple[int, ...],
         *,
-        name: str,
-        in_channels: int,
-        num_classes: int,
-        input_length: int | None = None,
         base_width: int = 64,
+        **sizes: Unpack[ModelSizes],
     ) -> None:
-        super().__init__(
-            name=name,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            input_length=input_length,
-            options={"base_width": base_width},
+        super().__init__(options={"base_width": base_width}, **sizes)
+        positive_int(base_width, "base_width", self.name)
+        self.stem, self.stages, features = resnet_trunk(
+            lambda cin, planes, stride, _stage: block(cin, planes, stride),
+            block.expansion,
+            layers,
+            in_channels=self.in_channels,
+            base_width=base_width,
+            conv=lambda cin, cout, k, stride: nn.Conv1d(cin, cout, k, stride, k // 2, bias=False),
+            pool=nn.MaxPool1d(3, 2, 1),
         )
-        positive_int(base_width, "base_width", name)
-        self.stem = nn.Sequential(
-            OrderedDict(
-                conv=nn.Conv1d(in_channels, base_width, 7, 2, 3, bias=False),
-                bn=nn.BatchNorm1d(base_width),
-                act=nn.ReLU(inplace=True),
-                pool=nn.MaxPool1d(3, 2, 1),
-            )
-        )
-        stages = []
-        in_planes = base_width
-        for i, n_blocks in enumerate(layers):
-            planes = base_width * 2**i
-            blocks = [block(in_planes, planes, 1 if i == 0 else 2)]
-            in_planes = planes * block.expansion
-            blocks += [block(in_planes, planes) for _ in range(n_blocks - 1)]
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = in_planes  # = 8 * base_width * expansion
+        self.num_features = features  # = 8 * base_width * expansion
         self.head = nn.Sequential(
             OrderedDict(
                 pool=nn.AdaptiveAvgPool1d(1),
                 flatten=nn.Flatten(1),
-                hidden=nn.Linear(in_planes, in_planes),
+                hidden=nn.Linear(features, features),
                 act=nn.ReLU(inplace=True),
-                fc=nn.Linear(in_planes, num_classes),
+                fc=nn.Linear(features, self.num_classes),
             )
         )
         for m in self.modules():  # torchvision's initialisation
@@ -143,49 +126,21 @@ class ResNet1d(ECGModel):
                 nn.init.zeros_(m.bias)
 
 
-@MODELS.register
-def resnet1d18(
-    *, in_channels: int, num_classes: int, input_length: int | None = None, base_width: int = 64
-) -> ResNet1d:
-    """ResNet-18 in 1-D: BasicBlock, [2, 2, 2, 2]; ~4.1M parameters at base_width=64, 12 leads."""
-    return ResNet1d(
-        BasicBlock1d,
-        (2, 2, 2, 2),
-        name="resnet1d18",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_length=input_length,
-        base_width=base_width,
-    )
-
-
-@MODELS.register
-def resnet1d50(
-    *, in_channels: int, num_classes: int, input_length: int | None = None, base_width: int = 64
-) -> ResNet1d:
-    """ResNet-50 in 1-D: Bottleneck (expansion 4), [3, 4, 6, 3]."""
-    return ResNet1d(
-        Bottleneck1d,
-        (3, 4, 6, 3),
-        name="resnet1d50",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_length=input_length,
-        base_width=base_width,
-    )
-
-
-@MODELS.register
-def resnet1d101(
-    *, in_channels: int, num_classes: int, input_length: int | None = None, base_width: int = 64
-) -> ResNet1d:
-    """ResNet-101 in 1-D: Bottleneck (expansion 4), [3, 4, 23, 3]."""
-    return ResNet1d(
-        Bottleneck1d,
-        (3, 4, 23, 3),
-        name="resnet1d101",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_length=input_length,
-        base_width=base_width,
-    )
+resnet1d18 = register_variant(
+    "resnet1d18",
+    ResNet1d,
+    fixed={"block": BasicBlock1d, "layers": (2, 2, 2, 2)},
+    doc="ResNet-18 in 1-D: BasicBlock, [2, 2, 2, 2]; ~4.1M parameters at base_width=64, 12 leads.",
+)
+resnet1d50 = register_variant(
+    "resnet1d50",
+    ResNet1d,
+    fixed={"block": Bottleneck1d, "layers": (3, 4, 6, 3)},
+    doc="ResNet-50 in 1-D: Bottleneck (expansion 4), [3, 4, 6, 3].",
+)
+resnet1d101 = register_variant(
+    "resnet1d101",
+    ResNet1d,
+    fixed={"block": Bottleneck1d, "layers": (3, 4, 23, 3)},
+    doc="ResNet-101 in 1-D: Bottleneck (expansion 4), [3, 4, 23, 3].",
+)

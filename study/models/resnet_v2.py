@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.models._base import ECGModel, positive_int
-from study.models._factory import MODELS
+from study.errors import ConfigError
+from study.models._base import ECGModel, ModelSizes, positive_int
+from study.models._factory import register_variant
+from study.models._resnet import resnet_trunk
 
 __all__ = [
     "KERNEL_SIZES",
@@ -133,17 +136,16 @@ class BottleneckBlock1d(nn.Module):
 
 
 class WeimannResNet1d(ECGModel):
-    """Weimann & Conrad's ResNet; use the registered `resnet*v2` factories.
+    """Weimann & Conrad's ResNet; the registered `resnet*v2` variants fix `block`, `layers`.
 
     Args:
         block: `ResidualBlock1d` or `BottleneckBlock1d`.
         layers: blocks per stage (four stages).
-        name: registry name.
-        in_channels: number of leads (1 in the paper).
-        num_classes: number of logits.
-        input_length: recorded in `config` only (the global pool accepts any length).
         base_width: filters of the stem and first stage (64 in the paper); stage i has
             base_width * 2**i; smaller values are for tests.
+        **sizes: name, in_channels (1 in the paper), num_classes and input_length
+            (`ModelSizes`); the global pool accepts any length, so input_length is recorded
+            in `config` only.
 
     Raises:
         ConfigError: a size or base_width is not a positive int.
@@ -154,43 +156,31 @@ class WeimannResNet1d(ECGModel):
         block: type[ResidualBlock1d | BottleneckBlock1d],
         layers: tuple[int, ...],
         *,
-        name: str,
-        in_channels: int,
-        num_classes: int,
-        input_length: int | None = None,
         base_width: int = 64,
+        **sizes: Unpack[ModelSizes],
     ) -> None:
-        super().__init__(
-            name=name,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            input_length=input_length,
-            options={"base_width": base_width},
-        )
-        positive_int(base_width, "base_width", name)
-        self.stem = nn.Sequential(
-            OrderedDict(
-                conv=SameConv1d(in_channels, base_width, 7, 2),
-                bn=nn.BatchNorm1d(base_width),
-                act=nn.ReLU(inplace=True),
-                pool=SameMaxPool1d(3, 2),
+        super().__init__(options={"base_width": base_width}, **sizes)
+        positive_int(base_width, "base_width", self.name)
+        if len(layers) != len(KERNEL_SIZES):
+            raise ConfigError(
+                f"layers must have one entry per kernel size {KERNEL_SIZES} for {self.name}, "
+                f"got {layers}"
             )
+        self.stem, self.stages, features = resnet_trunk(
+            lambda cin, planes, stride, stage: block(cin, planes, KERNEL_SIZES[stage], stride),
+            block.expansion,
+            layers,
+            in_channels=self.in_channels,
+            base_width=base_width,
+            conv=SameConv1d,
+            pool=SameMaxPool1d(3, 2),
         )
-        stages = []
-        in_planes = base_width
-        for i, (n_blocks, k) in enumerate(zip(layers, KERNEL_SIZES, strict=True)):
-            planes = base_width * 2**i
-            blocks = [block(in_planes, planes, k, 1 if i == 0 else 2)]
-            in_planes = planes * block.expansion
-            blocks += [block(in_planes, planes, k) for _ in range(n_blocks - 1)]
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = in_planes
+        self.num_features = features
         self.head = nn.Sequential(
             OrderedDict(
                 pool=nn.AdaptiveAvgPool1d(1),
                 flatten=nn.Flatten(1),
-                fc=nn.Linear(in_planes, num_classes),
+                fc=nn.Linear(features, self.num_classes),
             )
         )
         self._keras_init()
@@ -210,61 +200,25 @@ class WeimannResNet1d(ECGModel):
                 nn.init.zeros_(m.bias)
 
 
-@MODELS.register
-def resnet18v2(
-    *,
-    in_channels: int = 1,
-    num_classes: int,
-    input_length: int | None = None,
-    base_width: int = 64,
-) -> WeimannResNet1d:
-    """Their `resnet18`: ResidualBlock, (2, 2, 2, 2); 4,483,906 parameters (1 lead, 2 classes)."""
-    return WeimannResNet1d(
-        ResidualBlock1d,
-        (2, 2, 2, 2),
-        name="resnet18v2",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_length=input_length,
-        base_width=base_width,
-    )
-
-
-@MODELS.register
-def resnet34v2(
-    *,
-    in_channels: int = 1,
-    num_classes: int,
-    input_length: int | None = None,
-    base_width: int = 64,
-) -> WeimannResNet1d:
-    """Their `resnet34`: ResidualBlock, (3, 4, 6, 3); 9,070,658 parameters (1 lead, 2 classes)."""
-    return WeimannResNet1d(
-        ResidualBlock1d,
-        (3, 4, 6, 3),
-        name="resnet34v2",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_length=input_length,
-        base_width=base_width,
-    )
-
-
-@MODELS.register
-def resnet50v2(
-    *,
-    in_channels: int = 1,
-    num_classes: int,
-    input_length: int | None = None,
-    base_width: int = 64,
-) -> WeimannResNet1d:
-    """Their `resnet50`: BottleneckBlock, (3, 4, 6, 3); 16,924,994 params (1 lead, 2 classes)."""
-    return WeimannResNet1d(
-        BottleneckBlock1d,
-        (3, 4, 6, 3),
-        name="resnet50v2",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_length=input_length,
-        base_width=base_width,
-    )
+# They train on one lead, hence in_channels=1 by default (create_model still needs it named).
+resnet18v2 = register_variant(
+    "resnet18v2",
+    WeimannResNet1d,
+    fixed={"block": ResidualBlock1d, "layers": (2, 2, 2, 2)},
+    defaults={"in_channels": 1},
+    doc="Their `resnet18`: ResidualBlock, (2, 2, 2, 2); 4,483,906 parameters (1 lead, 2 classes).",
+)
+resnet34v2 = register_variant(
+    "resnet34v2",
+    WeimannResNet1d,
+    fixed={"block": ResidualBlock1d, "layers": (3, 4, 6, 3)},
+    defaults={"in_channels": 1},
+    doc="Their `resnet34`: ResidualBlock, (3, 4, 6, 3); 9,070,658 parameters (1 lead, 2 classes).",
+)
+resnet50v2 = register_variant(
+    "resnet50v2",
+    WeimannResNet1d,
+    fixed={"block": BottleneckBlock1d, "layers": (3, 4, 6, 3)},
+    defaults={"in_channels": 1},
+    doc="Their `resnet50`: BottleneckBlock, (3, 4, 6, 3); 16,924,994 params (1 lead, 2 classes).",
+)

@@ -21,6 +21,7 @@ Any length runs: the forward zero-pads the end to a multiple of 2**depth and cro
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Unpack
 
 import numpy as np
 import torch
@@ -29,8 +30,8 @@ from scipy.signal import find_peaks
 from torch import nn
 
 from study.errors import ConfigError, DataError
-from study.models._base import ECGModel, positive_int
-from study.models._factory import MODELS
+from study.models._base import ECGModel, ModelSizes, positive_int
+from study.models._factory import register_variant
 
 __all__ = ["UNet1d", "unet1d", "qrs_positions"]
 
@@ -68,16 +69,15 @@ class Transpose(nn.Module):
 
 
 class UNet1d(ECGModel):
-    """1-D U-Net with per-sample logits; use the registered `unet1d` factory.
+    """1-D U-Net with per-sample logits; registered as `unet1d`.
 
     Args:
-        name: registry name.
-        in_channels: number of leads.
-        num_classes: logits per sample (1 for QRS detection).
-        input_length: recorded in `config` only (any length runs).
         base_width: filters of the stem; encoder stage i has base_width * 2**(i + 1).
         depth: number of pooling stages.
         kernel_size: taps of every conv (odd).
+        **sizes: name, in_channels, num_classes (logits per sample, 1 for QRS detection)
+            and input_length (`ModelSizes`); input_length is recorded in `config` only (any
+            length runs).
 
     Raises:
         ConfigError: a size is not a positive int or kernel_size is even.
@@ -89,28 +89,23 @@ class UNet1d(ECGModel):
     def __init__(
         self,
         *,
-        name: str,
-        in_channels: int,
-        num_classes: int,
-        input_length: int | None = None,
         base_width: int = 16,
         depth: int = 4,
         kernel_size: int = 9,
+        **sizes: Unpack[ModelSizes],
     ) -> None:
         super().__init__(
-            name=name,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            input_length=input_length,
             options={"base_width": base_width, "depth": depth, "kernel_size": kernel_size},
+            **sizes,
         )
+        name = self.name
         positive_int(base_width, "base_width", name)
         positive_int(depth, "depth", name)
         k = positive_int(kernel_size, "kernel_size", name)
         if k % 2 == 0:
             raise ConfigError(f"kernel_size must be odd for {name} (same-length convs), got {k}")
         widths = [base_width * 2**i for i in range(depth + 1)]
-        self.stem = _double_conv(in_channels, widths[0], k)
+        self.stem = _double_conv(self.in_channels, widths[0], k)
         self.stages = nn.Sequential(
             *(
                 nn.Sequential(
@@ -126,7 +121,7 @@ class UNet1d(ECGModel):
         self.head = nn.Sequential(
             OrderedDict(
                 to_time=Transpose(),
-                fc=nn.Linear(widths[0], num_classes),
+                fc=nn.Linear(widths[0], self.num_classes),
                 to_channels=Transpose(),
             )
         )
@@ -149,26 +144,12 @@ class UNet1d(ECGModel):
         return self.head(features)
 
 
-@MODELS.register
-def unet1d(
-    *,
-    in_channels: int,
-    num_classes: int = 1,
-    input_length: int | None = None,
-    base_width: int = 16,
-    depth: int = 4,
-    kernel_size: int = 9,
-) -> UNet1d:
-    """1-D U-Net giving per-sample logits (N, num_classes, L); num_classes=1 for QRS."""
-    return UNet1d(
-        name="unet1d",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_length=input_length,
-        base_width=base_width,
-        depth=depth,
-        kernel_size=kernel_size,
-    )
+unet1d = register_variant(
+    "unet1d",
+    UNet1d,
+    defaults={"num_classes": 1},  # one QRS logit per sample
+    doc="1-D U-Net giving per-sample logits (N, num_classes, L); num_classes=1 for QRS.",
+)
 
 
 def qrs_positions(

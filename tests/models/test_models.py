@@ -61,7 +61,7 @@ def _x(seed: int = 1, length: int = LENGTH) -> torch.Tensor:
 
 def _input(model: ECGModel, seed: int = 1) -> torch.Tensor:
     # Image models (`input_kind = "image"`, e.g. alexnet2d) take (N, C, H, W) scalograms.
-    if getattr(model, "input_kind", "signal") == "image":
+    if model.input_kind == "image":
         shape = (BATCH, IN_CHANNELS, LENGTH, LENGTH)
         return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
     return _x(seed)
@@ -69,7 +69,7 @@ def _input(model: ECGModel, seed: int = 1) -> torch.Tensor:
 
 def _out_shape(model: ECGModel, num_classes: int = NUM_CLASSES) -> tuple[int, ...]:
     # Per-sample models (`output_kind = "per_sample"`, e.g. unet1d) keep the time axis.
-    if getattr(model, "output_kind", "per_record") == "per_sample":
+    if model.output_kind == "per_sample":
         return (BATCH, num_classes, LENGTH)
     return (BATCH, num_classes)
 
@@ -77,7 +77,7 @@ def _out_shape(model: ECGModel, num_classes: int = NUM_CLASSES) -> tuple[int, ..
 def _pretext(qualified: str, model: ECGModel) -> bool:
     # Pretext-only parts (`pretext_prefixes`, e.g. cae's decoder) are not in the classifier's
     # forward: they get no gradient and their batch norms do not move there.
-    return qualified.startswith(tuple(getattr(model, "pretext_prefixes", ())))
+    return qualified.startswith(model.pretext_prefixes)
 
 
 def _in_groups(qualified: str, groups: tuple[str, ...]) -> bool:
