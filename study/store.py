@@ -10,6 +10,7 @@ This module depends on pyarrow only, so `analysis/` can read a store without Ray
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -28,6 +29,7 @@ from study.errors import StorageError
 __all__ = ["Store", "filesystem_for"]
 
 _CHUNK = 16 << 20  # bytes per write when streaming a file into the store
+_MAX_S3_COPY = 5 * 10**9  # S3's CopyObject limit (5 GB): larger objects are uploaded directly
 
 
 def _s3_filesystem(query: dict[str, list[str]]) -> pafs.S3FileSystem:
@@ -87,6 +89,24 @@ class Store:
         # name a different folder there.
         self.uri = uri.rstrip("/") if uri.startswith("s3://") else self.root
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        self._bucket_seen = self.is_local  # a missing bucket is reported once looked for
+
+    def _check_bucket(self) -> None:
+        """Raise StorageError if the store's S3 bucket does not exist (asked once, the first
+        time something is not found: a mistyped bucket must not read as an empty study)."""
+        if self._bucket_seen:
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            found = self.fs.get_file_info(bucket).type != pafs.FileType.NotFound
+        except OSError as e:
+            raise StorageError(f"cannot reach store {self.uri}: {e}") from e
+        if not found:
+            raise StorageError(
+                f"store {self.uri}: bucket {bucket!r} does not exist (or these credentials "
+                "cannot see it)"
+            )
+        self._bucket_seen = True
 
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
@@ -98,8 +118,11 @@ class Store:
 
     def child(self, *parts: str) -> Store:
         """The store rooted at a sub-path (a study inside a storage root)."""
-        base = self.uri if self.uri.startswith("s3://") else str(Path(self.uri))
-        return Store("/".join([base.rstrip("/"), *parts]))
+        if self.uri.startswith("s3://"):
+            # the parts go into the path, before any `?endpoint_override=...` query
+            base, sep, query = self.uri.partition("?")
+            return Store("/".join([base.rstrip("/"), *parts]) + sep + query)
+        return Store("/".join([str(Path(self.uri)), *parts]))
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -107,9 +130,12 @@ class Store:
     # --- plain files -------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
         try:
-            return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+            found = self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
         except OSError as e:
             raise StorageError(f"cannot reach store {self.uri}: {e}") from e
+        if not found:
+            self._check_bucket()
+        return found
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write `data` at `rel` atomically (a reader sees the old file or the new, never half)."""
@@ -123,23 +149,43 @@ class Store:
                 while chunk := f.read(_CHUNK):
                     out.write(chunk)
 
-        self._write(rel, copy)
+        # S3 copies an object of up to 5 GB in one request; a larger one is uploaded under
+        # its final name (its upload completes, or fails, as a whole; see _write)
+        direct = not self.is_local and src.is_file() and src.stat().st_size > _MAX_S3_COPY
+        self._write(rel, copy, direct=direct)
 
-    def _write(self, rel: str, fill) -> None:
+    def _write(self, rel: str, fill, direct: bool = False) -> None:
+        """Write `rel` through `fill(stream)`, atomically: under a dot-name first (which
+        listings and Parquet readers ignore), then renamed (local) or copied server-side
+        (S3: CopyObject makes the object appear whole) to its name. A failed or interrupted
+        write leaves the old file as it was and no dot-file behind.
+
+        `direct` (S3 only, for objects too large to copy in one request) uploads under the
+        final name: leaving pyarrow's output stream completes the upload even after an
+        error, so only a write whose source cannot fail half-way may use it.
+        """
         final = self.path(rel)
         parent = final.rsplit("/", 1)[0]
         try:
+            if direct:
+                with self.fs.open_output_stream(final) as f:
+                    fill(f)
+                return
             if self.is_local:
                 # (S3 has no directories: creating one would only leave a marker object.)
                 self.fs.create_dir(parent, recursive=True)
-                tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
+            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
+            try:
                 with self.fs.open_output_stream(tmp) as f:
                     fill(f)
-                os.replace(tmp, final)
-            else:
-                # an S3 object appears only when its (multipart) upload completes
-                with self.fs.open_output_stream(final) as f:
-                    fill(f)
+                if self.is_local:
+                    os.replace(tmp, final)
+                else:
+                    self.fs.move(tmp, final)  # CopyObject, then the dot-name is deleted
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self.fs.delete_file(tmp)
+                raise
         except OSError as e:
             raise StorageError(f"cannot write {rel} in store {self.uri}: {e}") from e
 
@@ -148,6 +194,7 @@ class Store:
             with self.fs.open_input_stream(self.path(rel)) as f:
                 return f.read()
         except FileNotFoundError as e:
+            self._check_bucket()
             raise StorageError(f"{rel} is not in store {self.uri}") from e
         except OSError as e:
             raise StorageError(f"cannot read {rel} from store {self.uri}: {e}") from e
@@ -165,6 +212,8 @@ class Store:
             infos = self.fs.get_file_info(selector)
         except OSError as e:
             raise StorageError(f"cannot list {rel_dir} in store {self.uri}: {e}") from e
+        if not infos:
+            self._check_bucket()
         return sorted(
             i.base_name
             for i in infos
@@ -181,14 +230,21 @@ class Store:
             raise StorageError(f"cannot delete {rel_dir} in store {self.uri}: {e}") from e
 
     def download_dir(self, rel_dir: str, dest: Path) -> None:
-        """Copy a directory of the store to a local folder (for data read by memory-map)."""
+        """Copy a directory of the store to a local folder (for data read by memory-map).
+
+        Raises:
+            StorageError: `rel_dir` is not in the store, or cannot be copied.
+        """
         dest.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(
-            self.path(rel_dir),
-            str(dest),
-            source_filesystem=self.fs,
-            destination_filesystem=pafs.LocalFileSystem(),
-        )
+        try:
+            pafs.copy_files(
+                self.path(rel_dir),
+                str(dest),
+                source_filesystem=self.fs,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
+        except OSError as e:
+            raise StorageError(f"cannot download {rel_dir} from store {self.uri}: {e}") from e
 
     def upload_dir(self, src: Path, rel_dir: str, last: str | None = None) -> None:
         """Copy a local folder into the store, each file written atomically; the file named
@@ -220,5 +276,5 @@ class Store:
                 self.path(rel_dir), filesystem=self.fs, format="parquet", schema=schema
             )
             return ds.to_table(columns=list(columns) if columns else None)
-        except OSError as e:
+        except (OSError, pa.ArrowException) as e:  # ArrowInvalid: a part that is not Parquet
             raise StorageError(f"cannot read {rel_dir} from store {self.uri}: {e}") from e
