@@ -27,9 +27,9 @@ def main() -> None:
 
     from study.store import Store
     from study.sweep.execute import run_finetune_unit
+    from study.sweep.load import parse_spec
     from study.sweep.plan import make_plan
     from study.sweep.runner import init_study, prepare_datasets, run_study
-    from study.sweep.spec import parse_spec
 
     torch.set_num_threads(1)
     spec = parse_spec(

@@ -14,8 +14,8 @@ DEFAULT_STORAGE = "studies"
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from study.sweep.load import load_spec
     from study.sweep.plan import make_plan
-    from study.sweep.spec import load_spec
 
     spec = load_spec(args.spec)
     plan = make_plan(spec)
@@ -65,8 +65,8 @@ def _report_dir(args: argparse.Namespace, uri: str) -> Path | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from study.sweep.load import load_spec
     from study.sweep.runner import run_study
-    from study.sweep.spec import load_spec
 
     spec = load_spec(args.spec)
     outcome = run_study(spec, args.storage, name=args.name, address=args.address)
@@ -100,17 +100,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
-    from study.data import list_datasets
-    from study.data._sources import is_synthetic
-    from study.data.readers import READERS
+    from study.data import dataset_source, list_datasets
 
     for name in list_datasets():
-        if is_synthetic(name):
-            print(f"{name:<14} synthetic (built in)")
+        source = dataset_source(name)
+        if not source.reads_folder:
+            print(f"{name:<14} {source.kind} (built in)")
             continue
-        reader = READERS.get(name)
-        sets = ", ".join(reader.label_sets) or "-"
-        print(f"{name:<14} real; label sets: {sets}; {reader.source} ({reader.licence})")
+        sets = ", ".join(source.label_sets) or "-"
+        print(f"{name:<14} {source.kind}; label sets: {sets}; {source.url} ({source.licence})")
     return 0
 
 
@@ -175,6 +173,11 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
         f"prepared {args.name}: {meta['n_records']} {rows} of {meta['n_patients']} patients "
         f"-> {path}"
     )
+    if meta.get("source_fingerprint"):
+        print(
+            f"  source {config.source}: {meta['source_files']} files, "
+            f"{meta['source_bytes'] / 1e6:.1f} MB (fingerprint {meta['source_fingerprint'][:12]})"
+        )
     print(
         f"  each {meta.get('input_kind', 'signal')} {tuple(meta.get('input_shape', ()))}, "
         f"{meta.get('label_kind', 'multi_label')} labels"

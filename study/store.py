@@ -171,10 +171,15 @@ class Store:
                 with self.fs.open_output_stream(final) as f:
                     fill(f)
                 return
+            name = f".tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
             if self.is_local:
                 # (S3 has no directories: creating one would only leave a marker object.)
                 self.fs.create_dir(parent, recursive=True)
-            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
+                tmp = f"{parent}/{name}"  # a rename stays on one filesystem
+            else:
+                # pyarrow leaves an empty "dir/" marker object where it deletes the last
+                # object of a prefix: one hidden prefix per store takes it, not results/
+                tmp = f"{self.root}/.tmp/{name}"
             try:
                 with self.fs.open_output_stream(tmp) as f:
                     fill(f)

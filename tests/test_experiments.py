@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from study.sweep.load import load_spec
 from study.sweep.plan import make_plan
-from study.sweep.spec import load_spec
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
 

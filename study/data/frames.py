@@ -26,16 +26,19 @@ frame's beat list holds only the beats inside it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from study.data.pretext import BEAT_CLASSES, HR_CLASSES, RHYTHM_CLASSES
 from study.errors import ConfigError, DataError
 
 __all__ = [
     "FRAME_LEN",
     "FRAMES_PER_RECORD",
     "QRS_HALF_WIDTH_S",
-    "FRAME_TASKS",
-    "frame_label_sets",
+    "FrameLabelSet",
+    "FRAME_LABEL_SETS",
     "frame_starts",
     "qrs_half_width",
     "qrs_mask",
@@ -51,24 +54,37 @@ FRAME_LEN = 2048
 FRAMES_PER_RECORD = 8
 QRS_HALF_WIDTH_S = 0.05  # why 50 ms: module docstring
 
-# Frame label set -> the key of study.data.pretext.frame_labels that holds its class index.
-FRAME_TASKS = {"beat": "beat", "rhythm": "rhythm", "heart_rate": "hr"}
 
+@dataclass(frozen=True)
+class FrameLabelSet:
+    """A label set whose rows are frames cut from annotated records.
 
-def frame_label_sets() -> dict[str, tuple[str, ...]]:
-    """The frame label sets and their classes, in the order of Weimann & Conrad's heads.
-
-    beat / rhythm / heart_rate are single-label (study.data.pretext's class orders); qrs is
-    per-sample, with the one class "qrs" (every frame has it: labels.npy stays (N, 1)).
+    Attributes:
+        name: the label set's name (also the name of the pretraining task that trains on it).
+        classes: its classes, in the order of Weimann & Conrad's heads.
+        label_kind: "single_label" (one class per frame) or "per_sample" (QRS masks).
+        pretext_key: the key of `study.data.pretext.frame_labels` holding each frame's class
+            index; None for the per-sample qrs set (its target is the mask).
     """
-    from study.data import pretext  # pretext imports the readers, which import this module
 
-    return {
-        "beat": pretext.BEAT_CLASSES,
-        "rhythm": pretext.RHYTHM_CLASSES,
-        "heart_rate": pretext.HR_CLASSES,
-        "qrs": ("qrs",),
-    }
+    name: str
+    classes: tuple[str, ...]
+    label_kind: str
+    pretext_key: str | None
+
+
+#: The frame label sets, by name. beat / rhythm / heart_rate are single-label
+#: (study.data.pretext's class orders); qrs is per-sample, with the one class "qrs" (every
+#: frame has it: labels.npy stays (N, 1)).
+FRAME_LABEL_SETS: dict[str, FrameLabelSet] = {
+    s.name: s
+    for s in (
+        FrameLabelSet("beat", BEAT_CLASSES, "single_label", "beat"),
+        FrameLabelSet("rhythm", RHYTHM_CLASSES, "single_label", "rhythm"),
+        FrameLabelSet("heart_rate", HR_CLASSES, "single_label", "hr"),
+        FrameLabelSet("qrs", ("qrs",), "per_sample", None),
+    )
+}
 
 
 def check_frame_options(dataset: str, frame_len: object, frames_per_record: object) -> None:

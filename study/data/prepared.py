@@ -1,6 +1,7 @@
-"""The prepared cache: a dataset read, split and written once, then memory-mapped by trials.
+"""The prepared cache: a dataset read, split and written once, then read batch by batch.
 
-Layout of one prepared dataset (a folder named by its key):
+Layout of one prepared dataset (a folder named by its key, and in a machine's cache by the
+fingerprint of its source folder too: `cache_folder`):
 
     signals.npy     float32 (N, C, L) signals, or (N, C, H, W) images; read with mmap_mode="r"
     labels.npy      uint8 (N, K): multi-hot, one-hot, or all ones for a per-sample dataset
@@ -11,9 +12,11 @@ Layout of one prepared dataset (a folder named by its key):
                     frame in its record, at the prepared rate; (record_id, frame_start) is
                     unique); per-sample datasets add beats (list<int64>: reference QRS
                     positions inside the example, at the prepared rate)
-    meta.json       name, key, config, report (what was dropped and why, caveats, frames),
-                    classes, label_kind, input_kind, input_shape, lead_names, fs, n_records
-                    (= N), n_patients, split_rule, split_counts
+    meta.json       name, key, config, source_fingerprint / source_files / source_bytes
+                    (what the source folder held; null for synthetic data), report (what was
+                    dropped and why, caveats, frames), classes, label_kind, input_kind,
+                    input_shape, lead_names, fs, n_records (= N), n_patients, split_rule,
+                    split_counts
 
 meta.json's label_kind says what a row's label is: "multi_label" (any number of classes),
 "single_label" (exactly one class: a one-hot row) or "per_sample" (the target is the row of
@@ -27,6 +30,11 @@ targets.npy through numpy.lib.format.open_memmap, so memory holds one record's a
 a few bytes of metadata per row, never the dataset's signals. The arrays are sized by the
 source's upper bound on rows (records listed x frames per record) and cut to the rows
 written at the end.
+
+Reading streams too: a `Split` (rows of one split or subset) reads the rows a batch asks for
+with positional reads (`os.preadv`) from signals.npy / targets.npy, so a training process
+holds one batch, never the split; and since nothing is memory-mapped, the page cache that
+reading fills is not counted in the process's resident memory.
 """
 
 from __future__ import annotations
@@ -38,8 +46,7 @@ import os
 import shutil
 import uuid
 from array import array
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -49,28 +56,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.lib import format as npy_format
 
-from study.data._sources import is_synthetic, load_raw, source_version
 from study.data.config import DatasetConfig
+from study.data.records import INPUT_KINDS, Rows, RowSource
+from study.data.sources import Fingerprint, dataset_source
 from study.data.splits import SPLIT_OF_FOLD, assign_folds, nested_subset, split_rule
 from study.errors import DataError
 
 __all__ = [
     "PreparedDataset",
-    "Rows",
-    "RowSource",
+    "Split",
     "prepare",
+    "prepare_to",
     "prepared_key",
+    "cache_folder",
     "default_cache_dir",
-    "LABEL_KINDS",
-    "INPUT_KINDS",
 ]
 
 # Bump when the split rule or the cache layout changes: it is part of every cache key.
 # (label_kind, input_kind, targets.npy and the frame columns were added without a bump: they
 # leave the files of every dataset prepared before them as they were.)
 CACHE_FORMAT = 1
-LABEL_KINDS = ("multi_label", "single_label", "per_sample")
-INPUT_KINDS = {2: "signal", 3: "image"}  # rank of one example -> input_kind
 
 
 def default_cache_dir() -> Path:
@@ -79,70 +84,46 @@ def default_cache_dir() -> Path:
 
 
 def prepared_key(name: str, config: DatasetConfig | None = None) -> str:
-    """The cache key of a dataset: its name plus a hash of everything that shapes the cache
-    (source version, label set, reader options, preprocessing, bad-record policy, format)."""
+    """The key of a preparation: the dataset's name plus a hash of everything the spec and
+    the code decide about it (the source's version, the label set and reader options with
+    their defaults filled in, the bad-record policy, `Preprocessing.key()` with the
+    preprocessing code's own constants, and the cache format).
+
+    It does not depend on the data folder, so a study's units (whose ids include it) are
+    planned the same on every machine, with or without the raw data. What the folder holds
+    enters `cache_folder` as its fingerprint, and a study records the fingerprint it was
+    prepared from (see `prepare_to`).
+
+    Raises:
+        ConfigError: an unknown dataset.
+    """
     config = config or DatasetConfig()
+    source = dataset_source(name)
     ident = json.dumps(
         {
             "name": name,
-            "source": source_version(name),
+            "source": source.version,
             "format": CACHE_FORMAT,
-            "config": config.key_fields(),
+            "config": source.key_config(config),
         },
         sort_keys=True,
     )
     return f"{name}-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
 
 
+def cache_folder(key: str, fingerprint: Fingerprint | str | None) -> str:
+    """The folder name of a prepared dataset in a machine's cache: its key, and for a
+    dataset read from a folder, the short fingerprint of that folder's content (so a cache
+    prepared from one folder is never handed out for another)."""
+    if fingerprint is None:
+        return key
+    digest = fingerprint.digest if isinstance(fingerprint, Fingerprint) else fingerprint
+    return f"{key}-{digest[:12]}"
+
+
 def _split_seed(name: str) -> int:
     # Fixed per dataset, independent of any study seed: the split never moves.
     return int(hashlib.sha256(f"split:{name}".encode()).hexdigest()[:8], 16)
-
-
-@dataclass
-class Rows:
-    """The rows of the cache that one source record gives: itself, or its frames.
-
-    Attributes:
-        record_id, patient_id: the source record and its patient (every row shares them).
-        x: float32 (rows, C, L) or (rows, C, H, W).
-        labels: uint8 (rows, classes).
-        fs: the prepared sampling rate; lead_names: the prepared leads.
-        fold: the record's official fold, or None.
-        targets: uint8 (rows, L), per-sample datasets only.
-        beats: per row, int64 positions of the reference beats inside it (per-sample only).
-        frame_start: int64 (rows,) first sample of each frame in the record (frames only).
-    """
-
-    record_id: str
-    patient_id: str
-    x: np.ndarray
-    labels: np.ndarray
-    fs: float
-    lead_names: tuple[str, ...]
-    fold: int | None = None
-    targets: np.ndarray | None = None
-    beats: list[np.ndarray] | None = None
-    frame_start: np.ndarray | None = None
-
-
-@dataclass
-class RowSource:
-    """A dataset as a stream of Rows, read one record at a time.
-
-    Attributes:
-        classes: the label set's classes (labels' columns).
-        label_kind: one of LABEL_KINDS.
-        capacity: the most rows `rows` can yield (the writer sizes its arrays by it).
-        rows: the stream; raises DataError at its end when it yielded nothing.
-        report: what was kept, dropped and why; complete once `rows` is exhausted.
-    """
-
-    classes: tuple[str, ...]
-    label_kind: str
-    capacity: int
-    rows: Iterator[Rows]
-    report: dict = field(default_factory=dict)
 
 
 def prepare(
@@ -151,26 +132,56 @@ def prepare(
     config: DatasetConfig | None = None,
     progress: bool = False,
 ) -> Path:
-    """Prepare dataset `name` into `cache_dir` once; return its folder.
+    """Prepare dataset `name` into `cache_dir` once; return its folder
+    (`cache_dir / cache_folder(prepared_key(...), fingerprint)`).
+
+    A real dataset's folder is fingerprinted first (a walk over its file names and sizes),
+    so another folder, or this one with changed content, is prepared anew, never served
+    the arrays of an earlier one.
+
+    Raises:
+        ConfigError: an unknown dataset, or options the dataset does not take (e.g. a real
+            dataset without `config.source`).
+        DataError: the source folder is missing or not the reader's layout; see
+            `study.data.real.read_real`; records whose prepared shapes differ.
+    """
+    config = config or DatasetConfig()
+    source = dataset_source(name)
+    source.check(config)
+    fingerprint = source.fingerprint(config)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    dest = cache_dir / cache_folder(prepared_key(name, config), fingerprint)
+    return prepare_to(name, config, dest, fingerprint, progress=progress)
+
+
+def prepare_to(
+    name: str,
+    config: DatasetConfig,
+    dest: Path,
+    fingerprint: Fingerprint | None,
+    progress: bool = False,
+) -> Path:
+    """Prepare dataset `name` into the folder `dest`, unless a complete copy is there.
 
     The folder is built under a temporary name and renamed into place, so a crash never
     leaves a half-prepared cache that a later run would trust, and two processes preparing
-    the same dataset at once both end with the same complete folder.
+    the same dataset at once both end with the same complete folder. Its meta.json records
+    `fingerprint` (the source folder's content; None for a synthetic dataset).
 
     Raises:
-        ConfigError: an unknown dataset, or a real dataset without `config.source`.
-        DataError: see `study.data.real.read_real`; records whose prepared shapes differ.
+        DataError: `dest` holds a copy prepared from a source with another fingerprint
+            (another folder, or this one with changed content); see `prepare`.
     """
-    config = config or DatasetConfig()
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dest = cache_dir / prepared_key(name, config)
+    dest = Path(dest)
     if (dest / "meta.json").exists():
+        meta = json.loads((dest / "meta.json").read_text())
+        check_fingerprint(meta, str(dest), fingerprint, config.source)
         return dest
-    source = _open_source(name, config, progress)
-    tmp = cache_dir / f".tmp-{uuid.uuid4().hex}"
+    source = dataset_source(name).open(config, progress=progress)
+    tmp = dest.parent / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
     try:
-        _write(source, name, tmp, config)
+        _write(source, name, tmp, config, fingerprint)
         try:
             os.rename(tmp, dest)
         except OSError:
@@ -181,35 +192,22 @@ def prepare(
     return dest
 
 
-def _open_source(name: str, config: DatasetConfig, progress: bool) -> RowSource:
-    if not is_synthetic(name):
-        from study.data.real import read_real
-
-        return read_real(name, config, progress=progress)
-    if config.source is not None or config.label_set is not None or config.options:
-        from study.errors import ConfigError
-
-        raise ConfigError(f"{name} is synthetic: it takes no source, label_set or options")
-    raw = load_raw(name)
-    pre = None if config.preprocessing.is_identity else config.preprocessing.build()
-
-    def rows() -> Iterator[Rows]:
-        from study.data.readers import Signal
-
-        for i, (x, rid) in enumerate(zip(raw.signals, raw.record_id, strict=True)):
-            if pre is not None:
-                x = pre.apply(Signal(x, raw.fs, raw.lead_names), record_id=str(rid))
-            yield Rows(
-                record_id=str(rid),
-                patient_id=str(raw.patient_id[i]),
-                x=np.asarray(x, dtype=np.float32)[None],
-                labels=raw.labels[i : i + 1],
-                fs=float(pre.fs if pre is not None and pre.fs else raw.fs),
-                lead_names=tuple(pre.leads if pre is not None and pre.leads else raw.lead_names),
-                fold=None if raw.folds is None else int(raw.folds[i]),
-            )
-
-    return RowSource(tuple(raw.classes), "multi_label", len(raw.signals), rows())
+def check_fingerprint(
+    meta: dict, where: str, fingerprint: Fingerprint | None, folder: str | None
+) -> None:
+    """Raise DataError unless the prepared copy at `where` (its meta.json: `meta`) was
+    prepared from a source with `fingerprint`."""
+    want = fingerprint.digest if fingerprint is not None else None
+    have = meta.get("source_fingerprint")
+    if have != want:
+        then = meta.get("source_files")
+        raise DataError(
+            f"{where} was prepared from a {meta.get('name')} folder with other content "
+            f"(fingerprint {str(have)[:12]}, {then} files) than {folder} holds now "
+            f"({fingerprint.describe() if fingerprint else 'none'}): another version or a "
+            "changed download. Prepare it into a new place (another study name or cache), "
+            "or remove the old copy if nothing that used it is kept."
+        )
 
 
 class _GrowingNpy:
@@ -339,9 +337,13 @@ class _Writer:
             self.targets.close(self.n)
 
 
-def _write(source: RowSource, name: str, out: Path, config: DatasetConfig) -> None:
-    if source.label_kind not in LABEL_KINDS:
-        raise DataError(f"label_kind must be one of {LABEL_KINDS}, got {source.label_kind!r}")
+def _write(
+    source: RowSource,
+    name: str,
+    out: Path,
+    config: DatasetConfig,
+    fingerprint: Fingerprint | None,
+) -> None:
     writer = _Writer(out, source, name)
     try:
         for rows in source.rows:
@@ -385,6 +387,9 @@ def _write(source: RowSource, name: str, out: Path, config: DatasetConfig) -> No
         "name": name,
         "key": prepared_key(name, config),
         "config": config.model_dump(mode="json"),
+        "source_fingerprint": fingerprint.digest if fingerprint else None,
+        "source_files": fingerprint.files if fingerprint else None,
+        "source_bytes": fingerprint.bytes if fingerprint else None,
         "report": source.report,
         "classes": list(source.classes),
         "label_kind": source.label_kind,
@@ -487,18 +492,22 @@ class PreparedDataset:
         train = self.split_indices("train", folds)
         return nested_subset(train, self.labels, fraction, repeat, self.name)
 
-    def arrays(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(x, y) of `idx` in sorted order, copied into memory as float32: x the signals or
-        images, y the labels (N, K), or for a per-sample dataset the targets (N, L)."""
-        idx = np.sort(np.asarray(idx))
-        x = np.asarray(self.signals[idx], dtype=np.float32)
+    @property
+    def fingerprint(self) -> str | None:
+        """The SHA-256 fingerprint of the source folder it was prepared from (None:
+        synthetic data, or a cache written before fingerprints were recorded)."""
+        return self.meta.get("source_fingerprint")
+
+    def split(self, idx: np.ndarray) -> Split:
+        """Rows `idx` (sorted) as a `Split` that reads batches from the files: x the signals
+        or images, y the labels (N, K), or for a per-sample dataset the targets (N, L)."""
         if self.label_kind == "per_sample":
-            return x, np.asarray(self._targets()[idx], dtype=np.float32)
-        return x, self.labels[idx].astype(np.float32)
+            self._targets()  # a per-sample cache without targets.npy fails here, not mid-epoch
+        return Split(self.path, np.sort(np.asarray(idx, dtype=np.int64)), self.label_kind)
 
     def beats(self, idx: np.ndarray) -> list[np.ndarray]:
         """Reference QRS positions (int64 samples at the prepared rate, inside each example)
-        of `idx`, in sorted order as `arrays` returns them.
+        of `idx`, in sorted order as `split` holds them.
 
         Raises:
             DataError: the dataset is not per-sample (it has no beats).
@@ -514,3 +523,137 @@ class PreparedDataset:
         if self.targets is None:
             raise DataError(f"dataset {self.name} is per_sample but has no targets.npy")
         return self.targets
+
+
+class NpyRows:
+    """Rows of a C-order .npy file, read with positional reads (never memory-mapped).
+
+    Picklable (DataLoader workers, Ray): the file is opened on first read in each process.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            version = npy_format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npy_format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = npy_format.read_array_header_2_0(f)
+            self.offset = f.tell()
+        if fortran:
+            raise DataError(f"{self.path} is stored in Fortran order; rows cannot be streamed")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_shape = self.shape[1:]
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None, "_pid": None}
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # a forked worker opens its own
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The rows `rows` (any order, repeats allowed), as an array of `len(rows)` rows.
+
+        Runs of consecutive rows are read with one call each; sorted rows (as training's
+        batches are: `Split.batch`) are read straight into the result, others through one
+        more copy that puts them back in the asked order.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.row_shape), dtype=self.dtype)
+        if len(rows) == 0:
+            return out
+        if rows.min() < 0 or rows.max() >= self.shape[0]:
+            raise DataError(f"row index out of range 0..{self.shape[0] - 1} of {self.path}")
+        ordered = bool(np.all(np.diff(rows) >= 0))
+        order = None if ordered else np.argsort(rows, kind="stable")
+        sorted_rows = rows if order is None else rows[order]
+        buf = out if order is None else np.empty_like(out)
+        flat = buf.reshape(len(rows), -1).view(np.uint8)
+        # runs of consecutive rows: [start, end) positions in `sorted_rows`
+        breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+        starts = np.concatenate([[0], breaks]).tolist()
+        ends = np.concatenate([breaks, [len(sorted_rows)]]).tolist()
+        fd = self._file()
+        for a, b in zip(starts, ends, strict=True):
+            want = (b - a) * self.row_bytes
+            offset = self.offset + int(sorted_rows[a]) * self.row_bytes
+            got = os.preadv(fd, [flat[a:b]], offset)
+            if got != want:
+                raise DataError(f"{self.path} is truncated: read {got} of {want} bytes")
+        if order is not None:
+            out[order] = buf
+        return out
+
+
+class Split:
+    """Rows of a prepared dataset (a split or a training subset), read batch by batch.
+
+    Attributes:
+        indices: int64, sorted: the dataset rows, in the order positions count them.
+        label_kind: the dataset's label kind ("per_sample": y are the targets).
+    """
+
+    def __init__(self, path: Path, indices: np.ndarray, label_kind: str) -> None:
+        self.path = Path(path)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.label_kind = label_kind
+        self._signals = NpyRows(self.path / "signals.npy")
+        self._targets = NpyRows(self.path / "targets.npy") if label_kind == "per_sample" else None
+        # labels (N, K) uint8 are small: a subset of them is kept in memory
+        self.labels = np.load(self.path / "labels.npy")[self.indices].astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """The shape of one input row: (C, L) or (C, H, W)."""
+        return self._signals.row_shape
+
+    def x(self, positions: np.ndarray) -> np.ndarray:
+        """float32 inputs of the rows at `positions` (0..len-1) of this split."""
+        return self._signals.read(self.indices[np.asarray(positions, dtype=np.int64)])
+
+    def y(self, positions: np.ndarray) -> np.ndarray:
+        """float32 labels (K per row), or per-sample targets (L per row), at `positions`."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self._targets is not None:
+            return self._targets.read(self.indices[positions]).astype(np.float32)
+        return self.labels[positions]
+
+    def batch(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of the rows at `positions`, in ascending order: one training batch (the
+        order of a batch's rows changes nothing in training, and sorted rows are read in
+        few, straight reads)."""
+        pos = np.sort(np.asarray(positions, dtype=np.int64))
+        return self.x(pos), self.y(pos)
+
+    def batches(self, batch_size: int):
+        """(x, y) of consecutive batches, in order (what evaluation reads)."""
+        for start in range(0, len(self), batch_size):
+            pos = np.arange(start, min(start + batch_size, len(self)))
+            yield self.x(pos), self.y(pos)
+
+    def targets_sum(self) -> tuple[float, int]:
+        """(positives, samples) of the per-sample targets, read in chunks (class weights)."""
+        if self._targets is None:
+            raise DataError(f"{self.path.name} has no per-sample targets")
+        pos = 0.0
+        for start in range(0, len(self), 1024):
+            pos += float(self._targets.read(self.indices[start : start + 1024]).sum())
+        return pos, len(self) * int(np.prod(self._targets.row_shape))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole split as in-memory (x, y): for tests and small data only (training
+        reads batches)."""
+        every = np.arange(len(self))
+        return self.x(every), self.y(every)

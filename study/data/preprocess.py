@@ -27,14 +27,22 @@ import hashlib
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from scipy import ndimage, signal
 
-from study.data.readers._base import BadRecord, Signal
+from study.data.records import BadRecord, Signal
 from study.errors import ConfigError, DataError
 
 __all__ = [
@@ -167,14 +175,6 @@ def _record_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
-def _is_real(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_int(v: object, minimum: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-
-
 def _unit_noise(
     kind: str, shape: tuple[int, int], fs: float, rng: np.random.Generator, powerline_hz: float
 ) -> np.ndarray:
@@ -208,8 +208,45 @@ def _unit_noise(
     return z / np.where(rms > 0, rms, 1.0)
 
 
-@dataclass(frozen=True)
-class Noise:
+def _describe(err: ValidationError, what: str) -> str:
+    """A ValidationError of options built directly, as one line per broken rule."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (what, *e["loc"]))
+        msg = e["msg"].removeprefix("Value error, ")
+        shown = (
+            ""
+            if e["type"] in ("value_error", "missing", "extra_forbidden")
+            else f" (got {e.get('input')!r})"
+        )
+        lines.append(f"{loc}: {msg}{shown}")
+    return "; ".join(lines)
+
+
+class _Options(BaseModel):
+    """Frozen options validated by pydantic (one schema for a spec's YAML and for code):
+    a broken rule raises pydantic's ValidationError (a ValueError) naming the option, its
+    location and the value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    _what: ClassVar[str] = ""
+
+    @classmethod
+    def _from_mapping(cls, options: Any, derived: tuple[str, ...] = ()) -> Any:
+        """The options of a key() (without the keys it derives from the code's constants).
+
+        Raises:
+            ConfigError: not a mapping, or options that break a rule (named).
+        """
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"{cls._what} must be a mapping of its options, got {options!r}")
+        try:
+            return cls.model_validate({k: v for k, v in options.items() if k not in derived})
+        except ValidationError as e:
+            raise ConfigError(_describe(e, cls._what)) from None
+
+
+class Noise(_Options):
     """Synthetic noise added at an exact SNR (step 6 of `Preprocessing.apply`).
 
     The noise of each lead is scaled so that 10 log10(signal power / noise power) equals
@@ -248,25 +285,16 @@ class Noise:
         powerline_hz: the mains frequency of "powerline" and "mixed" (50 or 60 Hz).
 
     Raises:
-        ConfigError: an option outside its rule.
+        pydantic.ValidationError: an option outside its rule (named, with its value).
     """
 
-    kind: str
-    snr_db: float
-    seed: int = 0
-    powerline_hz: float = 50.0
+    _what: ClassVar[str] = "noise"
 
-    def __post_init__(self) -> None:
-        if self.kind not in NOISE_KINDS:
-            raise ConfigError(f"noise.kind must be one of {list(NOISE_KINDS)}, got {self.kind!r}")
-        if not _is_real(self.snr_db):
-            raise ConfigError(f"noise.snr_db must be a finite number (dB), got {self.snr_db!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):  # any sign
-            raise ConfigError(f"noise.seed must be an integer, got {self.seed!r}")
-        if not _is_real(self.powerline_hz) or self.powerline_hz <= 0:
-            raise ConfigError(f"noise.powerline_hz must be > 0 (Hz), got {self.powerline_hz!r}")
-        object.__setattr__(self, "snr_db", float(self.snr_db))
-        object.__setattr__(self, "powerline_hz", float(self.powerline_hz))
+    kind: Literal["gaussian", "baseline_wander", "powerline", "muscle", "mixed"]
+    # 10 log10(lead variance / noise power); any finite value (negative: more noise)
+    snr_db: Annotated[float, Strict(), Field(allow_inf_nan=False)]
+    seed: Annotated[int, Strict()] = 0  # with the record id, seeds each record's noise
+    powerline_hz: Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)] = 50.0  # 50/60
 
     def check_rate(self, fs: float) -> None:
         """Raise ConfigError if this noise cannot be made at `fs` Hz."""
@@ -298,7 +326,7 @@ class Noise:
 
     @classmethod
     def from_key(cls, key: Mapping) -> Noise:
-        return _step_from_mapping(cls, key, "noise", derived=frozenset({"model"}))
+        return cls._from_mapping(key, derived=("model",))
 
     def add(self, x: np.ndarray, fs: float, record_id: str | None) -> np.ndarray:
         """`x` (leads, samples) at `fs` Hz with this noise added (float64).
@@ -347,8 +375,7 @@ def _continuous_wavelet(name: object, option: str = "wavelet"):
             raise refuse() from e
 
 
-@dataclass(frozen=True)
-class Scalogram:
+class Scalogram(_Options):
     """A CWT scalogram image of the one remaining lead (step 8 of `Preprocessing.apply`).
 
     For Huerta et al. (AlexNet on scalograms of 5-s single-lead ECG). The image is
@@ -379,49 +406,45 @@ class Scalogram:
             (0 stays no energy). A flat lead (peak-to-peak < 1e-6) gives an all-0 image.
 
     Raises:
-        ConfigError: an option outside its rule.
+        pydantic.ValidationError: an option outside its rule (named, with its value).
     """
 
-    wavelet: str = "cmor1.5-1.0"
-    freqs: tuple[float, float] = (1.0, 40.0)
-    n_scales: int = 64
-    size: tuple[int, int] = (224, 224)
-    channels: int = 1
-    colormap: str | None = None
-    scaling: str = "minmax"
+    _what: ClassVar[str] = "scalogram"
 
-    def __post_init__(self) -> None:
-        _continuous_wavelet(self.wavelet, "scalogram.wavelet")
-        f = tuple(self.freqs) if not isinstance(self.freqs, str) else ()
-        if len(f) != 2 or not all(_is_real(v) for v in f) or not 0 < f[0] < f[1]:
-            raise ConfigError(
-                f"scalogram.freqs must be (fmin, fmax) Hz with 0 < fmin < fmax, got {self.freqs!r}"
-            )
-        object.__setattr__(self, "freqs", (float(f[0]), float(f[1])))
-        if not _is_int(self.n_scales, 2):
-            raise ConfigError(f"scalogram.n_scales must be an integer >= 2, got {self.n_scales!r}")
-        size = tuple(self.size) if not isinstance(self.size, str) else ()
-        if len(size) != 2 or not all(_is_int(v, 1) for v in size):
-            raise ConfigError(
-                f"scalogram.size must be (height, width), integers >= 1, got {self.size!r}"
-            )
-        object.__setattr__(self, "size", size)
-        if self.channels not in (1, 3) or isinstance(self.channels, bool):
-            raise ConfigError(f"scalogram.channels must be 1 or 3, got {self.channels!r}")
-        if self.colormap is not None and self.colormap not in COLORMAPS:
-            raise ConfigError(
-                f"scalogram.colormap must be one of {list(COLORMAPS)} or None, got "
-                f"{self.colormap!r}"
-            )
+    # complex Morlet: |CWT| is a smooth envelope; "morl" ripples, and resizing aliases it
+    wavelet: str = "cmor1.5-1.0"
+    freqs: tuple[float, float] = (1.0, 40.0)  # (fmin, fmax) Hz, geometric rows, fmax < fs/2
+    n_scales: Annotated[int, Strict(), Field(ge=2)] = 64  # CWT rows before resizing to `size`
+    # (height, width): torchvision AlexNet's input
+    size: tuple[Annotated[int, Strict(), Field(ge=1)], Annotated[int, Strict(), Field(ge=1)]] = (
+        224,
+        224,
+    )
+    channels: Literal[1, 3] = 1  # 3: grey repeated, or `colormap` RGB (ImageNet weights)
+    colormap: Literal["jet", "viridis"] | None = None  # only with channels 3
+    scaling: Literal["minmax", "max"] = "minmax"  # per record to [0, 1], as a saved image
+
+    @field_validator("wavelet")
+    @classmethod
+    def _wavelet(cls, v: str) -> str:
+        _continuous_wavelet(v)
+        return v
+
+    @field_validator("freqs")
+    @classmethod
+    def _freqs(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(math.isfinite(f) for f in v) or not 0 < v[0] < v[1]:
+            raise ValueError(f"freqs must be (fmin, fmax) Hz with 0 < fmin < fmax, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _colour(self) -> Scalogram:
         if self.colormap is not None and self.channels != 3:
-            raise ConfigError(
-                f"scalogram.colormap {self.colormap!r} makes an RGB image: it needs channels 3, "
+            raise ValueError(
+                f"colormap {self.colormap!r} makes an RGB image: it needs channels 3, "
                 f"got {self.channels}"
             )
-        if self.scaling not in SCALINGS:
-            raise ConfigError(
-                f"scalogram.scaling must be one of {list(SCALINGS)}, got {self.scaling!r}"
-            )
+        return self
 
     def row_freqs(self) -> np.ndarray:
         """The CWT's frequencies (Hz), row by row before resizing: fmax down to fmin."""
@@ -461,7 +484,7 @@ class Scalogram:
 
     @classmethod
     def from_key(cls, key: Mapping) -> Scalogram:
-        return _step_from_mapping(cls, key, "scalogram", derived=frozenset({"method"}))
+        return cls._from_mapping(key, derived=("method",))
 
     def image(self, x: np.ndarray, fs: float) -> np.ndarray:
         """The scalogram of `x` (1, samples) at `fs` Hz, float32 (channels, height, width).
@@ -491,25 +514,7 @@ class Scalogram:
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _step_from_mapping(
-    cls: type, options: Any, name: str, derived: frozenset[str] = frozenset()
-) -> Any:
-    """`cls(**options)` for an optional step given as a mapping (a key or a config dict)."""
-    if not isinstance(options, Mapping):
-        raise ConfigError(f"{name} must be a mapping of its options, got {options!r}")
-    valid = {f.name for f in fields(cls)}
-    unknown = set(options) - valid - derived
-    if unknown:
-        raise ConfigError(f"unknown {name} options {sorted(unknown)}; valid: {sorted(valid)}")
-    required = {f.name for f in fields(cls) if f.default is MISSING}
-    missing = required - set(options)
-    if missing:
-        raise ConfigError(f"{name} needs {sorted(missing)}")
-    return cls(**{k: v for k, v in options.items() if k in valid})
-
-
-@dataclass(frozen=True)
-class Preprocessing:
+class Preprocessing(_Options):
     """What to do to each record; the defaults change nothing (order: module docstring).
 
     Attributes:
@@ -532,72 +537,69 @@ class Preprocessing:
         scalogram: a `Scalogram` (or a mapping of its options): the output becomes an image
             (channels, height, width) of the one lead left; None keeps (leads, samples).
 
+    This model is both the schema of a spec's `datasets.NAME.preprocessing` and the
+    object that applies it: its `key()` is the one cache key of the preprocessing.
+
     Raises:
-        ConfigError: an option outside its rule (the message names it and the value).
+        pydantic.ValidationError: an option outside its rule (named, with its value).
     """
 
-    fs: float | None = None
-    leads: tuple[str, ...] | None = None
-    length: int | None = None
+    _what: ClassVar[str] = "preprocessing"
+
+    fs: float | None = Field(None, gt=0)  # resample to this rate (anti-aliased); None keeps it
+    leads: tuple[str, ...] | None = None  # select and order leads by name
+    length: Annotated[int, Strict(), Field(ge=1)] | None = None  # samples: crop or pad to it
     crop: Crop = "center"
     pad: Pad = "zero"
-    normalize: Normalize | None = None
-    bandpass: tuple[float, float] | None = None
-    noise: Noise | None = None
-    scalogram: Scalogram | None = None
+    normalize: Normalize | None = None  # per record and lead
+    bandpass: tuple[float, float] | None = None  # Hz, zero-phase Butterworth
+    noise: Noise | None = None  # added after normalising (QRS detection under noise)
+    scalogram: Scalogram | None = None  # last: (leads 1, samples) -> (C, H, W) image
 
-    def __post_init__(self) -> None:
-        if self.noise is not None and not isinstance(self.noise, Noise):
-            object.__setattr__(self, "noise", _step_from_mapping(Noise, self.noise, "noise"))
-        if self.scalogram is not None and not isinstance(self.scalogram, Scalogram):
-            step = _step_from_mapping(Scalogram, self.scalogram, "scalogram")
-            object.__setattr__(self, "scalogram", step)
-        if self.leads is not None:
-            if isinstance(self.leads, str):
-                raise ConfigError(f"leads must be a sequence of lead names, got {self.leads!r}")
-            object.__setattr__(self, "leads", tuple(self.leads))
-        if self.bandpass is not None:
-            object.__setattr__(self, "bandpass", tuple(float(b) for b in self.bandpass))
-        if self.fs is not None and not self.fs > 0:
-            raise ConfigError(f"fs must be > 0 (Hz) or None, got {self.fs}")
-        if self.leads is not None:
-            if not self.leads or not all(isinstance(n, str) and n for n in self.leads):
-                raise ConfigError(f"leads must be non-empty lead names, got {self.leads}")
-            if len(set(self.leads)) != len(self.leads):
-                raise ConfigError(f"leads must not repeat a name, got {list(self.leads)}")
-        if self.length is not None and (
-            isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1
-        ):
-            raise ConfigError(f"length must be an integer >= 1 or None, got {self.length!r}")
-        if self.crop not in CROPS:
-            raise ConfigError(f"crop must be one of {list(CROPS)}, got {self.crop!r}")
-        if self.pad not in PADS:
-            raise ConfigError(f"pad must be one of {list(PADS)}, got {self.pad!r}")
-        if self.normalize not in NORMALIZATIONS:
-            raise ConfigError(
-                f"normalize must be one of {list(NORMALIZATIONS)}, got {self.normalize!r}"
-            )
-        if self.bandpass is not None and (
-            len(self.bandpass) != 2 or not 0 <= self.bandpass[0] < self.bandpass[1]
-        ):
-            raise ConfigError(
-                f"bandpass must be (low, high) Hz with 0 <= low < high, got {self.bandpass}"
-            )
+    @field_validator("leads", mode="before")
+    @classmethod
+    def _leads(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            raise ValueError(f"leads must be a sequence of lead names, got {v!r}")
+        if v is not None:
+            v = tuple(v)
+            if not v or not all(isinstance(n, str) and n for n in v):
+                raise ValueError(f"leads must be non-empty lead names, got {list(v)}")
+            if len(set(v)) != len(v):
+                raise ValueError(f"leads must not repeat a name, got {list(v)}")
+        return v
+
+    @field_validator("bandpass")
+    @classmethod
+    def _band(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 <= v[0] < v[1]:
+            raise ValueError(f"bandpass must be (low, high) Hz with 0 <= low < high, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _across(self) -> Preprocessing:
+        # the rules across options (rates against fs, one lead for the scalogram)
         if self.bandpass is not None and self.fs is not None and self.bandpass[1] >= self.fs / 2:
             # filtering happens before resampling, but a pass band above the new Nyquist
             # frequency would be cut by the anti-aliasing filter anyway: a spec mistake
-            raise ConfigError(
+            raise ValueError(
                 f"bandpass high edge must be below the target Nyquist frequency {self.fs / 2:g}"
                 f" Hz, got {self.bandpass[1]}"
             )
         if self.scalogram is not None and self.leads is not None and len(self.leads) != 1:
-            raise ConfigError(
+            raise ValueError(
                 f"the scalogram takes exactly one lead: leads must name one, got {list(self.leads)}"
             )
         if self.fs is not None:  # else checked at apply(), against the record's own rate
             for step in (self.noise, self.scalogram):
                 if step is not None:
                     step.check_rate(self.fs)
+        return self
+
+    @property
+    def is_identity(self) -> bool:
+        """True when apply() changes nothing but the dtype."""
+        return self == Preprocessing()
 
     def key(self) -> dict:
         """Everything that determines apply()'s output, JSON-able (for the cache key).
@@ -628,7 +630,7 @@ class Preprocessing:
         return key
 
     @classmethod
-    def from_key(cls, key: dict) -> Preprocessing:
+    def from_key(cls, key: Mapping) -> Preprocessing:
         """The Preprocessing a key() came from.
 
         Raises:
@@ -638,17 +640,11 @@ class Preprocessing:
             raise ConfigError(
                 f"preprocessing key version must be {PREPROCESS_VERSION}, got {key.get('version')}"
             )
-        names = {f.name for f in fields(cls)}
-        derived = {"version", "bandpass_order", "resample"}
-        unknown = set(key) - names - derived
-        if unknown:
-            raise ConfigError(
-                f"unknown preprocessing options {sorted(unknown)}; valid: {sorted(names)}"
-            )
-        options = {k: v for k, v in key.items() if k in names}
-        for name, step in ((n, s) for n, s in _STEPS.items() if options.get(n) is not None):
-            options[name] = step.from_key(options[name])
-        return cls(**options)
+        options = dict(key)
+        for name, step in _STEPS.items():
+            if options.get(name) is not None:
+                options[name] = step.from_key(options[name])
+        return cls._from_mapping(options, derived=("version", "bandpass_order", "resample"))
 
     def apply(self, sig: Signal, record_id: str | None = None) -> np.ndarray:
         """The preprocessed signal, float32 (leads, samples).

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from study.data.readers.icentia11k import Annotations
+from study.data.annotations import Annotations
 from study.errors import DataError
 
 __all__ = [

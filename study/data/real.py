@@ -3,7 +3,6 @@ prepared cache: labels, preprocessing, frames, per-sample targets, bad records."
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -12,21 +11,22 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from study.data.config import DatasetConfig, PreprocessingConfig
+from study.data.config import DatasetConfig
 from study.data.frames import (
-    FRAME_TASKS,
+    FRAME_LABEL_SETS,
     QRS_HALF_WIDTH_S,
     frame_starts,
     positions_in,
     qrs_half_width,
     qrs_mask,
 )
-from study.data.prepared import Rows, RowSource
 from study.data.preprocess import Preprocessing, resample_factors
-from study.data.readers import BadRecord, DatasetReader, Record, Signal
+from study.data.pretext import BEAT_SYMBOL_CLASSES, frame_labels
+from study.data.readers import DatasetReader
+from study.data.records import BadRecord, Record, Rows, RowSource, Signal
 from study.errors import ConfigError, DataError
 
-__all__ = ["read_real", "open_reader"]
+__all__ = ["read_real"]
 
 _FRAME_OPTIONS = ("frame_len", "frames_per_record")
 _PLACEMENT = (
@@ -35,30 +35,12 @@ _PLACEMENT = (
 )
 
 
-def open_reader(name: str, config: DatasetConfig):
-    """The reader of dataset `name` on `config.source` (its layout checked at once).
-
-    Raises:
-        ConfigError: an unknown dataset, no source folder, or an option the reader does not
-            take (the message lists those it takes).
-    """
-    from study.data.readers import READERS
-
-    reader_cls = READERS.get(name)  # an unknown name lists the known readers
-    if config.source is None:
-        raise ConfigError(
-            f"{name} is a real dataset: give the folder it was downloaded to as "
-            f"datasets.{name}.source (or --source); `study data download {name} DIR` fetches it"
-        )
-    params = list(inspect.signature(reader_cls.__init__).parameters)[2:]  # after self, root
-    unknown = sorted(set(config.options) - set(params))
-    if unknown:
-        raise ConfigError(f"{name}: unknown reader options {unknown}; valid: {params or 'none'}")
-    return reader_cls(config.source, **config.options)
-
-
-def read_real(name: str, config: DatasetConfig, progress: bool = True) -> RowSource:
-    """Every usable record of `name` as rows of the prepared cache, read lazily.
+def read_real(
+    reader_cls: type[DatasetReader], config: DatasetConfig, progress: bool = True
+) -> RowSource:
+    """Every usable record of a real dataset as rows of the prepared cache, read lazily
+    (the reader checks the folder's layout at once; `study.data.sources.ReaderSource`
+    checks `config`'s source, options and label set before).
 
     A record gives one row, or for a frame label set (icentia11k, cpsc2021: beat, rhythm,
     heart_rate, qrs) `frames_per_record` frames cut after preprocessing (study.data.frames).
@@ -67,13 +49,14 @@ def read_real(name: str, config: DatasetConfig, progress: bool = True) -> RowSou
     raise, per `on_bad_record`.
 
     Raises:
-        ConfigError: no source folder, an unknown label set or reader option, frame options
-            for a record-level label set, a preprocessing.length other than frame_len, or a
-            crop the per-sample targets cannot follow ("random-fixed").
+        ConfigError: an unknown label set, frame options for a record-level label set, a
+            preprocessing.length other than frame_len, or a crop the per-sample targets
+            cannot follow ("random-fixed").
         DataError: the folder's layout is wrong; while reading: a bad record under
             on_bad_record=fail, or no usable record at all.
     """
-    reader = open_reader(name, config)
+    name = reader_cls.name
+    reader = reader_cls(config.source, **config.options)
     if not reader.label_sets:
         raise ConfigError(f"{name} has no label sets: it cannot be prepared")
     label_set = config.label_set or next(iter(reader.label_sets))
@@ -86,7 +69,7 @@ def read_real(name: str, config: DatasetConfig, progress: bool = True) -> RowSou
             f"({', '.join(reader.frame_label_sets) or 'none here'}) use, not {label_set!r}"
         )
     pre = config.preprocessing
-    if (framed or kind == "per_sample") and getattr(pre, "scalogram", None) is not None:
+    if (framed or kind == "per_sample") and pre.scalogram is not None:
         raise ConfigError(
             f"{name}: the {label_set} label set needs (leads, samples) signals: frames and "
             "per-sample targets are cut along the samples; drop preprocessing.scalogram"
@@ -128,7 +111,7 @@ class _Reading:
     name: str
     reader: DatasetReader
     config: DatasetConfig
-    pre: PreprocessingConfig  # the length already dropped for frames
+    pre: Preprocessing  # the length already dropped for frames
     label_set: str
     kind: str
     classes: tuple[str, ...]
@@ -164,7 +147,7 @@ class _Reading:
         Raises:
             BadRecord / DataError: a bad record under on_bad_record=fail; no usable record.
         """
-        pre = self.pre.build()
+        pre = self.pre
         fail = self.config.on_bad_record == "fail"
         bad: list[dict] = self.report["bad_records"]
         unlabelled = 0
@@ -230,8 +213,6 @@ class _Reading:
 
     def _frame_rows(self, rec: Record, x: np.ndarray, fs: float, leads: tuple) -> Rows:
         """The frames of one annotated record, labelled by the frame label set."""
-        from study.data.pretext import BEAT_SYMBOL_CLASSES, frame_labels
-
         rid = rec.record_id
         _check_signal_rank(rid, x, "frames")
         ann = self.reader.read_annotations(rec)
@@ -264,7 +245,8 @@ class _Reading:
                 frame_start=starts,
             )
         symbols = self.reader.beat_symbol_classes or BEAT_SYMBOL_CLASSES
-        index = frame_labels(ann, starts, frame_len, fs, symbols)[FRAME_TASKS[self.label_set]]
+        labels = frame_labels(ann, starts, frame_len, fs, symbols)
+        index = labels[FRAME_LABEL_SETS[self.label_set].pretext_key]
         one_hot = np.eye(len(self.classes), dtype=np.uint8)[index]
         return Rows(rid, rec.patient_id, xs, one_hot, fs, leads, rec.fold, frame_start=starts)
 

@@ -21,11 +21,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import torch
 
-from study.data import PreparedDataset
-from study.data.prepared import default_cache_dir
+from study.data import PreparedDataset, dataset_source
+from study.data.prepared import cache_folder, default_cache_dir
 from study.errors import DataError, TrainingError
 from study.models import create_model, model_info
 from study.schema import (
@@ -50,12 +51,14 @@ from study.training import (
     state_to_bytes,
 )
 from study.training.checkpoint import load_backbone
-from study.training.evaluation import as_row, score_split
+from study.training.evaluation import as_row
+from study.training.tasks import Objective, objective, pretrain_task
 
 __all__ = [
     "run_finetune_unit",
     "run_pretrain_worker",
     "open_prepared",
+    "unit_objective",
     "hardware_string",
     "mark_interrupted",
 ]
@@ -70,16 +73,21 @@ def hardware_string(device: str = "cpu") -> str:
 
 
 def open_prepared(store: Store, key: str) -> PreparedDataset:
-    """The prepared dataset `key` from the store, memory-mappable on this node.
+    """The prepared dataset `key` from the store, readable on this node.
 
-    A local store is read in place; a remote one is copied once into this node's cache
-    (under a temporary name, then renamed, so concurrent trials never see half a copy).
+    A local store is read in place; a remote one is copied once into this node's cache,
+    under the key and the fingerprint of the source it was prepared from (so a copy of
+    another source's preparation is never taken for it), under a temporary name and then
+    renamed, so concurrent trials never see half a copy.
     """
     rel = f"prepared/{key}"
     if store.is_local:
         path = Path(store.path(rel))
     else:
-        path = default_cache_dir() / key
+        if not store.exists(f"{rel}/meta.json"):
+            raise DataError(f"prepared dataset {key} is not in store {store.uri}")
+        fingerprint = store.read_json(f"{rel}/meta.json").get("source_fingerprint")
+        path = default_cache_dir() / cache_folder(key, fingerprint)
         if not (path / "meta.json").exists():
             tmp = path.parent / f".tmp-{os.getpid()}-{time.time_ns()}"
             store.download_dir(rel, tmp)
@@ -142,48 +150,25 @@ def _load_checkpoint(store: Store, uid: str) -> dict | None:
         ) from e
 
 
-# What each pretraining task trains (the loop's task kinds); "classification" trains on the
-# upstream dataset's own kind of labels (multi_label or single_label).
-_PRETRAIN_KIND = {
-    "autoencoder": "reconstruction",
-    "future": "contrastive",
-    "qrs": "per_sample",
-    "beat": "single_label",
-    "rhythm": "single_label",
-    "heart_rate": "single_label",
-}
-
-
-def task_kind(unit: Unit, data: PreparedDataset) -> str:
-    """What `unit` trains its model to do on `data` (one of study.training.TASKS).
+def unit_objective(unit: Unit, data: PreparedDataset) -> Objective:
+    """What `unit` trains its model to do on `data`: its pretraining task's objective, or
+    for fine-tuning the objective of the downstream's labels.
 
     Raises:
-        DataError: the dataset's labels are not what the task needs (e.g. a qrs task on a
-            dataset without per-sample QRS targets, or a per-sample model on record labels).
+        DataError: the dataset's labels, or the architecture's outputs, are not what the
+            objective needs (e.g. a qrs task on a dataset without per-sample targets, or a
+            per-sample model on record labels).
     """
     c = unit.config
-    have = data.label_kind
     if unit.stage == "pretrain":
-        kind = _PRETRAIN_KIND.get(c["task"], have)
-        if kind in ("single_label", "per_sample") and c["task"] != "classification":
-            if have != kind:
-                raise DataError(
-                    f"the {c['task']} task needs {kind} labels, but {data.name} was prepared "
-                    f"with {have} labels ({data.path})"
-                )
+        obj = pretrain_task(c.pretrain_task).objective(data.label_kind)
     else:
-        kind = have
-    if kind in ("multi_label", "single_label", "per_sample"):
-        per_sample_model = (
-            model_info(c["architecture"], **c["architecture_options"])["output_kind"]
-            == "per_sample"
-        )
-        if per_sample_model != (kind == "per_sample"):
-            raise DataError(
-                f"{c['architecture']} gives {'per-sample' if per_sample_model else 'per-record'}"
-                f" outputs, but {data.name} has {kind} labels"
-            )
-    return kind
+        obj = objective(data.label_kind)
+    obj.check_data(data.label_kind, f"{data.name} ({data.path})")
+    problem = obj.model_problem(model_info(c.architecture, **c.architecture_options))
+    if problem:
+        raise DataError(f"{c.architecture} cannot train on {data.name}: {problem}")
+    return obj
 
 
 def _class_codes(data: PreparedDataset) -> dict[str, list[str]] | None:
@@ -192,35 +177,25 @@ def _class_codes(data: PreparedDataset) -> dict[str, list[str]] | None:
 
     label_set = (data.meta.get("config") or {}).get("label_set")
     if label_set is None:
-        from study.data.readers import READERS
-
-        if data.name not in READERS:
-            return None
-        label_set = next(iter(READERS.get(data.name).label_sets), None)
+        label_set = dataset_source(data.name).default_label_set()
     if label_set not in LABEL_SETS:
         return None
     table = LABEL_SETS[label_set]
     return {c: sorted(table[c]) for c in data.classes if c in table}
 
 
-def _fit_config(unit: Unit, device: str, kind: str, batch_size: int | None = None) -> FitConfig:
-    t = unit.config["train"]
+def _fit_config(
+    unit: Unit, env: dict, device: str, obj: Objective, batch_size: int | None = None
+) -> FitConfig:
+    train = unit.config.train
+    if batch_size is not None:
+        train = train.model_copy(update={"batch_size": batch_size})
     return FitConfig(
-        epochs=t["epochs"],
-        batch_size=batch_size or t["batch_size"],
-        lr=t["lr"],
-        weight_decay=t["weight_decay"],
-        patience=t["patience"],
-        seed=unit.config["seed"],
+        **train.model_dump(),
+        seed=unit.config.seed,
         device=device,
-        optimizer=t.get("optimizer", "adamw"),
-        schedule=t.get("schedule", "cosine"),
-        loss=t.get("loss", "bce"),
-        grad_clip=t.get("grad_clip", 1.0),
-        amp=t.get("amp", True),
-        deterministic=t.get("deterministic", False),
-        stage_lr=t.get("stage_lr"),
-        task=kind,
+        task=obj.name,
+        loader_workers=env.get("loader_workers", 0),
     )
 
 
@@ -255,7 +230,7 @@ def _common_fields(unit: Unit, result, train_seconds: float, env: dict, device: 
         "hardware": hardware_string(device),
         "code_version": env.get("code_version", ""),
         "finished_at": datetime.now(UTC),
-        "config": json.dumps(unit.config, sort_keys=True),
+        "config": json.dumps(unit.config.canonical(), sort_keys=True),
     }
 
 
@@ -296,66 +271,66 @@ def run_finetune_unit(
     c = unit.config
     _mark(store, unit, "running")
     try:
-        seed_everything(c["seed"])
-        data = open_prepared(store, c["downstream_key"])
-        kind = task_kind(unit, data)
-        train_idx = data.train_subset(c["data_fraction"], c["repeat"], c.get("train_folds"))
+        seed_everything(c.seed)
+        data = open_prepared(store, c.data_key)
+        obj = unit_objective(unit, data)
+        train_idx = data.train_subset(c.data_fraction, c.repeat, _folds(c.train_folds))
         val_idx, test_idx = data.split_indices("val"), data.split_indices("test")
-        train, val, test = data.arrays(train_idx), data.arrays(val_idx), data.arrays(test_idx)
-        info = model_info(c["architecture"], **c["architecture_options"])
-        options = dict(c["architecture_options"])
+        train, val, test = data.split(train_idx), data.split(val_idx), data.split(test_idx)
+        info = model_info(c.architecture, **c.architecture_options)
+        options = dict(c.architecture_options)
         if "with_decoder" in info["options"]:
             options["with_decoder"] = False  # a classifier has no use for a pretext decoder
         model = create_model(
-            c["architecture"],
+            c.architecture,
             in_channels=data.in_channels,
             num_classes=len(data.classes),
             input_length=data.n_samples,
             **options,
         )
         if unit.stage == "finetune":
-            weights = load_state_bytes(store.read_bytes(weights_path(c["pretrain_unit"])))
+            weights = load_state_bytes(store.read_bytes(weights_path(c.pretrain_unit)))
             skip = tuple(model.classifier_prefixes) + tuple(info["pretext_prefixes"])
             load_backbone(model, weights, skip)
-            model.freeze(c["freeze_depth"])
+            model.freeze(c.freeze_depth)
 
         on_epoch = _epoch_callback(store, unit, report)
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
-        cfg = _fit_config(unit, device, kind)
-        result = fit(model, train, val, cfg, resume=resume, on_epoch=on_epoch)
+        result = fit(
+            model, train, val, _fit_config(unit, env, device, obj), resume=resume, on_epoch=on_epoch
+        )
         train_seconds = _train_seconds(result, resume is not None, t0)
         model.load_state_dict(result.best_state)
-        p_val = predict(model, val[0], device=device, task=kind)
-        p_test = predict(model, test[0], device=device, task=kind)
+        p_val = predict(model, val, device=device, task=obj.name)
+        p_test = predict(model, test, device=device, task=obj.name)
         beats = None
-        if kind == "per_sample":
+        if obj.label_kind == "per_sample":
             beats = (data.beats(val_idx), data.beats(test_idx))
-        test_m = score_split(
-            kind,
+        test_m = obj.score(
             data.classes,
-            (val[1], p_val),
-            (test[1], p_test),
+            (_targets(val), p_val),
+            (_targets(test), p_test),
             class_codes=_class_codes(data),
             fs=data.meta.get("fs"),
             beats=beats,
         )
         row = {
             **_common_fields(unit, result, train_seconds, env, device),
-            "architecture": c["architecture_label"],
+            "architecture": c.architecture_label,
             "init": "pretrained" if unit.stage == "finetune" else "scratch",
-            "upstream": c.get("upstream"),
-            "pretrain_task": c.get("pretrain_task"),
-            "pretrain_unit": c.get("pretrain_unit"),
-            "downstream": c["downstream"],
-            "freeze_depth": c["freeze_depth"],
-            "data_fraction": c["data_fraction"],
-            "repeat": c["repeat"],
-            "seed": c["seed"],
-            "n_train": len(train_idx),
-            "n_val": len(val[1]),
-            "n_test": len(test[1]),
-            "task": kind,
+            "upstream": c.upstream,
+            "pretrain_task": c.pretrain_task,
+            "pretrain_unit": c.pretrain_unit,
+            "downstream": c.downstream,
+            "freeze_depth": c.freeze_depth,
+            "data_fraction": c.data_fraction,
+            "repeat": c.repeat,
+            "seed": c.seed,
+            "n_train": len(train),
+            "n_val": len(val),
+            "n_test": len(test),
+            "task": obj.name,
             **as_row(test_m),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
@@ -364,6 +339,18 @@ def run_finetune_unit(
     except BaseException as e:
         _mark_ended(store, unit, e)
         raise
+
+
+def _folds(folds: tuple[int, ...] | None) -> list[int] | None:
+    return list(folds) if folds is not None else None
+
+
+def _targets(rows) -> np.ndarray:
+    """What the test metrics compare with: the labels, or the per-sample targets (read
+    whole: the per-sample splits scored here are small, e.g. CPSC 2019's records)."""
+    if rows.label_kind == "per_sample":
+        return rows.arrays()[1]
+    return rows.labels
 
 
 def run_pretrain_worker(
@@ -385,26 +372,23 @@ def run_pretrain_worker(
     if rank == 0:
         _mark(store, unit, "running")
     try:
-        seed_everything(c["seed"])
-        data = open_prepared(store, c["upstream_key"])
-        kind = task_kind(unit, data)
-        train_idx = data.split_indices("train", c.get("train_folds"))
-        train, val = data.arrays(train_idx), data.arrays(data.split_indices("val"))
+        seed_everything(c.seed)
+        data = open_prepared(store, c.data_key)
+        obj = unit_objective(unit, data)
+        train_idx = data.split_indices("train", _folds(c.train_folds))
+        train, val = data.split(train_idx), data.split(data.split_indices("val"))
         model = create_model(
-            c["architecture"],
+            c.architecture,
             in_channels=data.in_channels,
             num_classes=len(data.classes),
             input_length=data.n_samples,
-            **c["architecture_options"],
+            **c.architecture_options,
         )
-        trained: torch.nn.Module = model
-        if kind == "contrastive":
-            from study.training.cpc import CPC
-
-            # the CPC module holds the model as its `encoder`; only the encoder is kept
-            trained = CPC(model, **c.get("task_options", {}))
+        # the module pretraining trains: the model, or a pretext wrapper (CPC) holding it as
+        # its `encoder`; only the model's weights are kept
+        trained = pretrain_task(c.pretrain_task).build(model, c.task_options or {})
         # The spec's batch size is global: each of the DDP workers takes its share.
-        per_worker = max(1, c["train"]["batch_size"] // world_size)
+        per_worker = max(1, c.train.batch_size // world_size)
 
         # Every rank reports (a Train report is collective); rank 0 alone writes.
         on_epoch = _epoch_callback(store, unit, report, persist=rank == 0)
@@ -414,7 +398,7 @@ def run_pretrain_worker(
             trained,
             train,
             val,
-            _fit_config(unit, device, kind, per_worker),
+            _fit_config(unit, env, device, obj, per_worker),
             resume=resume,
             on_epoch=on_epoch,
         )
@@ -429,21 +413,21 @@ def run_pretrain_worker(
                 "model": model.config,
                 "classifier_prefixes": list(model.classifier_prefixes),
                 "classes": data.classes,
-                "task": c["task"],
-                "task_kind": kind,
+                "task": c.pretrain_task,
+                "objective": obj.name,
                 "lead_names": data.meta["lead_names"],
                 "fs": data.meta["fs"],
                 "n_samples": data.n_samples,
-                "unit": c,
+                "unit": c.canonical(),
             },
         )
         row = {
             **_common_fields(unit, result, train_seconds, env, device),
-            "architecture": c["architecture_label"],
-            "upstream": c["upstream"],
-            "pretrain_task": c["task"],
+            "architecture": c.architecture_label,
+            "upstream": c.upstream,
+            "pretrain_task": c.pretrain_task,
             "num_workers": world_size,
-            "n_train": len(train_idx),
+            "n_train": len(train),
         }
         _commit(store, unit, row, result.history, pretrain_path(uid), PRETRAIN_SCHEMA)
     except BaseException as e:

@@ -21,25 +21,100 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from study.data import prepared_key
+from study.sweep.resolve import freeze_depths_for, upstream_config
 from study.sweep.spec import Spec
+from study.training.config import TrainOptions
 
-__all__ = ["Unit", "Plan", "make_plan", "unit_id"]
+__all__ = ["UnitConfig", "Unit", "Plan", "make_plan", "unit_id"]
 
 STAGES = ("pretrain", "finetune", "scratch")
 # The patient-disjoint halves of the training folds of a dataset used in both roles.
-UPSTREAM_FOLDS = [1, 2, 3, 4]
-DOWNSTREAM_FOLDS = [5, 6, 7, 8]
+UPSTREAM_FOLDS = (1, 2, 3, 4)
+DOWNSTREAM_FOLDS = (5, 6, 7, 8)
 _PREFIX = {"pretrain": "pt", "finetune": "ft", "scratch": "sc"}
+# Fields each stage must set, and fields it must leave unset.
+_STAGE_FIELDS = {
+    "pretrain": ({"upstream", "pretrain_task", "num_workers"}, {"downstream", "pretrain_unit"}),
+    "finetune": (
+        {"downstream", "data_fraction", "repeat", "freeze_depth", "upstream", "pretrain_task"},
+        {"num_workers", "task_options"},
+    ),
+    "scratch": (
+        {"downstream", "data_fraction", "repeat", "freeze_depth"},
+        {"upstream", "pretrain_task", "pretrain_unit", "num_workers", "task_options"},
+    ),
+}
 
 
-def unit_id(stage: str, config: dict) -> str:
-    """A stable id: stage prefix + the hash of the canonical JSON of the config."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return f"{_PREFIX[stage]}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+class UnitConfig(BaseModel):
+    """Everything that determines one unit's result; its id is a hash of this.
+
+    Attributes:
+        stage: "pretrain", "finetune" (from a pretraining unit's weights) or "scratch".
+        architecture, architecture_options: the registry name and its options.
+        seed: the unit's seed (the spec's seed plus the repeat).
+        train: the training options.
+        data_key: the prepared dataset the unit trains on (`study.data.prepared_key`).
+        train_folds: the training folds it may use (a dataset in both roles), else None.
+        upstream: the upstream dataset (pretraining, fine-tuning).
+        pretrain_task: the pretraining task (of the unit, or of the one it starts from).
+        task_options: the pretraining task's options (pretraining only).
+        num_workers: DDP workers (pretraining only: the global batch is split over them).
+        downstream, data_fraction, repeat, freeze_depth: the fine-tuning grid's axes.
+        pretrain_unit: the id of the pretraining unit a fine-tuning unit starts from.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: Literal["pretrain", "finetune", "scratch"]
+    architecture: str
+    architecture_options: dict[str, Any] = {}
+    seed: int
+    train: TrainOptions
+    data_key: str
+    train_folds: tuple[int, ...] | None = None
+    upstream: str | None = None
+    pretrain_task: str | None = None
+    task_options: dict[str, Any] | None = None
+    num_workers: int | None = None
+    downstream: str | None = None
+    data_fraction: float | None = None
+    repeat: int | None = None
+    freeze_depth: int | None = None
+    pretrain_unit: str | None = None
+
+    @model_validator(mode="after")
+    def _stage_fields(self) -> UnitConfig:
+        need, forbid = _STAGE_FIELDS[self.stage]
+        missing = sorted(f for f in need if getattr(self, f) is None)
+        extra = sorted(f for f in forbid if getattr(self, f) is not None)
+        if missing or extra:
+            raise ValueError(f"a {self.stage} unit needs {missing} and takes no {extra}")
+        return self
+
+    @property
+    def architecture_label(self) -> str:
+        """A readable name that tells options apart ("resnet1d18[base_width=16]")."""
+        if not self.architecture_options:
+            return self.architecture
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.architecture_options.items()))
+        return f"{self.architecture}[{opts}]"
+
+    def canonical(self) -> dict:
+        """The JSON-able config that the id hashes (unset fields left out)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def unit_id(config: UnitConfig) -> str:
+    """A stable id: stage prefix + the hash of the config's canonical JSON."""
+    canonical = json.dumps(config.canonical(), sort_keys=True, separators=(",", ":"))
+    return f"{_PREFIX[config.stage]}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)
@@ -47,22 +122,29 @@ class Unit:
     """One unit of work. `config` determines its result; `depends_on` must finish first."""
 
     unit_id: str
-    stage: str
-    config: dict
+    config: UnitConfig
     depends_on: str | None = None
+
+    @classmethod
+    def of(cls, config: UnitConfig, depends_on: str | None = None) -> Unit:
+        return cls(unit_id(config), config, depends_on)
+
+    @property
+    def stage(self) -> str:
+        return self.config.stage
 
     @property
     def axes(self) -> dict:
         c = self.config
         return {
-            "architecture": c["architecture_label"],
-            "upstream": c.get("upstream"),
-            "pretrain_task": c.get("task") or c.get("pretrain_task"),
-            "downstream": c.get("downstream"),
-            "init": {"pretrain": None, "finetune": "pretrained", "scratch": "scratch"}[self.stage],
-            "freeze_depth": c.get("freeze_depth"),
-            "data_fraction": c.get("data_fraction"),
-            "repeat": c.get("repeat"),
+            "architecture": c.architecture_label,
+            "upstream": c.upstream,
+            "pretrain_task": c.pretrain_task,
+            "downstream": c.downstream,
+            "init": {"pretrain": None, "finetune": "pretrained", "scratch": "scratch"}[c.stage],
+            "freeze_depth": c.freeze_depth,
+            "data_fraction": c.data_fraction,
+            "repeat": c.repeat,
         }
 
 
@@ -89,7 +171,7 @@ class Plan:
                     "stage": u.stage,
                     **u.axes,
                     "depends_on": u.depends_on,
-                    "config": json.dumps(u.config, sort_keys=True),
+                    "config": json.dumps(u.config.canonical(), sort_keys=True),
                 }
                 for u in self.units
             ]
@@ -112,27 +194,6 @@ class Plan:
         return out
 
 
-_TRAIN_KEYS = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "patience",
-    "optimizer",
-    "schedule",
-    "loss",
-    "grad_clip",
-    "amp",
-    "deterministic",
-    "stage_lr",
-)
-
-
-def _train_cfg(section) -> dict:
-    """The training settings of a unit (every one of them is part of its id)."""
-    return {k: getattr(section, k) for k in _TRAIN_KEYS if hasattr(section, k)}
-
-
 def make_plan(spec: Spec) -> Plan:
     """Expand `spec` into its units (deterministic order: pretraining first)."""
     units: list[Unit] = []
@@ -142,73 +203,65 @@ def make_plan(spec: Spec) -> Plan:
     src = spec.source_name
     both_roles = {src(u) for u in spec.upstream} & {src(d) for d in spec.downstream}
     split_roles = both_roles if spec.self_pairs == "patient_disjoint" else set()
+    pretrain_train = spec.pretrain.train_options()
     for arch in spec.architectures:
-        arch_cfg = {
-            "architecture": arch.name,
-            "architecture_options": dict(arch.options),
-            "architecture_label": arch.label,
-        }
+        arch_cfg = {"architecture": arch.name, "architecture_options": dict(arch.options)}
         for up in spec.upstream:
-            roles = {"train_folds": UPSTREAM_FOLDS} if src(up) in split_roles else {}
+            folds = UPSTREAM_FOLDS if src(up) in split_roles else None
             for task in spec.pretrain.tasks:
-                options = spec.pretrain.task_options.get(task)
-                cfg = {
+                cfg = UnitConfig(
                     **arch_cfg,
-                    **roles,
-                    "stage": "pretrain",
-                    "upstream": up,
-                    "upstream_key": prepared_key(
-                        spec.source_name(up), spec.upstream_config(up, task)
-                    ),
-                    "task": task,
-                    **({"task_options": dict(options)} if options else {}),
-                    "seed": spec.seed,
-                    "num_workers": spec.pretrain.num_workers,
-                    "train": _train_cfg(spec.pretrain),
-                }
-                uid = unit_id("pretrain", cfg)
-                pretrain_ids[(arch.label, up, task)] = uid
-                units.append(Unit(uid, "pretrain", cfg))
+                    stage="pretrain",
+                    seed=spec.seed,
+                    train=pretrain_train,
+                    data_key=prepared_key(src(up), upstream_config(spec, up, task)),
+                    train_folds=folds,
+                    upstream=up,
+                    pretrain_task=task,
+                    task_options=spec.pretrain.task_options.get(task) or None,
+                    num_workers=spec.pretrain.num_workers,
+                )
+                unit = Unit.of(cfg)
+                pretrain_ids[(arch.label, up, task)] = unit.unit_id
+                units.append(unit)
     for arch in spec.architectures:
-        arch_cfg = {
-            "architecture": arch.name,
-            "architecture_options": dict(arch.options),
-            "architecture_label": arch.label,
-        }
-        depths = spec.freeze_depths_for(arch)
+        arch_cfg = {"architecture": arch.name, "architecture_options": dict(arch.options)}
+        depths = freeze_depths_for(spec, arch)
         for down in spec.downstream:
             base = {
                 **arch_cfg,
-                **({"train_folds": DOWNSTREAM_FOLDS} if src(down) in split_roles else {}),
                 "downstream": down,
-                "downstream_key": prepared_key(spec.source_name(down), spec.dataset_config(down)),
-                "train": _train_cfg(spec.finetune),
+                "data_key": prepared_key(src(down), spec.dataset_config(down)),
+                "train_folds": DOWNSTREAM_FOLDS if src(down) in split_roles else None,
             }
             for frac in spec.finetune.data_fractions:
                 for rep in range(spec.finetune.repeats):
                     # The seed depends on the repeat only, so both arms of a pair share it.
                     common = {**base, "data_fraction": frac, "repeat": rep, "seed": spec.seed + rep}
                     if spec.finetune.scratch:
-                        # The control arm trains every layer at the one learning rate:
-                        # per-stage rates (0 = frozen) belong to the pretrained arm only.
-                        train = {k: v for k, v in common["train"].items() if k != "stage_lr"}
-                        cfg = {**common, "train": train, "stage": "scratch", "freeze_depth": 0}
-                        units.append(Unit(unit_id("scratch", cfg), "scratch", cfg))
+                        cfg = UnitConfig(
+                            **common,
+                            stage="scratch",
+                            train=spec.finetune.train_options(pretrained=False),
+                            freeze_depth=0,
+                        )
+                        units.append(Unit.of(cfg))
                     for up in spec.upstream:
                         if src(up) == src(down) and not split_roles:
                             continue
                         for task in spec.pretrain.tasks:
                             pt = pretrain_ids[(arch.label, up, task)]
                             for depth in depths:
-                                cfg = {
+                                cfg = UnitConfig(
                                     **common,
-                                    "stage": "finetune",
-                                    "upstream": up,
-                                    "pretrain_task": task,
-                                    "pretrain_unit": pt,
-                                    "freeze_depth": depth,
-                                }
-                                units.append(Unit(unit_id("finetune", cfg), "finetune", cfg, pt))
+                                    stage="finetune",
+                                    train=spec.finetune.train_options(pretrained=True),
+                                    upstream=up,
+                                    pretrain_task=task,
+                                    pretrain_unit=pt,
+                                    freeze_depth=depth,
+                                )
+                                units.append(Unit.of(cfg, depends_on=pt))
             for up in spec.upstream:
                 if src(up) == src(down) and not split_roles:
                     excluded.append(

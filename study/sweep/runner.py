@@ -22,16 +22,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from tqdm.auto import tqdm
 
-from study.data import prepare, prepared_key
+from study.data import dataset_source, prepared_key
 from study.data.config import DatasetConfig
+from study.data.prepared import PreparedDataset, check_fingerprint, default_cache_dir, prepare
+from study.data.prepared import prepare_to as prepare_into
 from study.errors import ConfigError, StorageError, StudyError
 from study.schema import run_marker_path
 from study.store import Store
+from study.sweep.load import parse_spec, spec_to_yaml
 from study.sweep.plan import STAGES, Plan, Unit, make_plan
-from study.sweep.spec import Spec, parse_spec, spec_to_yaml
+from study.sweep.resolve import upstream_config
+from study.sweep.spec import Spec
 
 __all__ = [
     "run_study",
@@ -94,12 +100,54 @@ def init_study(store: Store, spec: Spec) -> Plan:
                 f"{store.uri} already holds study {stored.name!r} with a different spec; "
                 f"use `study resume {store.uri}` to finish it, or another --name"
             )
+        check_stored_plan(store, plan)
     else:
         store.write_bytes("spec.yaml", spec_to_yaml(spec).encode())
-    buf = io.BytesIO()
-    plan.table().to_parquet(buf, index=False)
-    store.write_bytes("plan.parquet", buf.getvalue())
+    if not store.exists("plan.parquet"):
+        write_plan(store, plan)
     return plan
+
+
+def write_plan(store: Store, plan: Plan) -> None:
+    """plan.parquet: every unit with its axes and config, and (in the file's metadata) the
+    code version that planned them and when."""
+    table = pa.Table.from_pandas(plan.table(), preserve_index=False)
+    meta = {
+        b"code_version": code_version().encode(),
+        b"planned_at": datetime.now(UTC).isoformat().encode(),
+    }
+    buf = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **meta}), buf)
+    store.write_bytes("plan.parquet", buf.getvalue())
+
+
+def check_stored_plan(store: Store, plan: Plan) -> None:
+    """Raise ConfigError when the study's stored plan holds other unit ids than this code
+    plans from its spec: resuming would re-run the moved units and orphan their rows.
+
+    A study without plan.parquet (deleted) is not checked here; `init_study` rewrites it.
+    """
+    if not store.exists("plan.parquet"):
+        return
+    plan_bytes = io.BytesIO(store.read_bytes("plan.parquet"))
+    stored = pq.read_table(plan_bytes, columns=["unit_id"], use_threads=False)
+    old, new = set(stored.column("unit_id").to_pylist()), {u.unit_id for u in plan.units}
+    if old == new:
+        return
+    meta = stored.schema.metadata or {}
+    version = meta.get(b"code_version", b"an unrecorded version").decode()
+    when = meta.get(b"planned_at", b"").decode()
+    done = stored_result_ids(store) & old
+    raise ConfigError(
+        f"{store.uri}: its stored plan does not match what this code plans from its spec. "
+        f"Stored: {len(old)} units, planned by code version {version}"
+        f"{' at ' + when if when else ''}; this code ({code_version()}) plans {len(new)}, "
+        f"{len(old - new)} of the stored ids no longer among them and {len(new - old)} new. "
+        "Unit ids moved (the code changed what identifies a unit, e.g. a cache key), so "
+        f"resuming would run {len(new - old)} units again and leave {len(done)} stored rows "
+        "orphaned. Finish the study with the code version that planned it, or start a new "
+        "study (another --name) with this one."
+    )
 
 
 def load_spec_from_store(store: Store) -> Spec:
@@ -109,32 +157,45 @@ def load_spec_from_store(store: Store) -> Spec:
 
 
 def load_study(uri: str) -> tuple[Store, Spec, Plan]:
+    """The study at `uri`: its store, spec and plan (checked against the stored plan).
+
+    Raises:
+        StorageError: no study there.
+        ConfigError: the stored plan holds other unit ids than this code plans.
+    """
     store = Store(uri)
     spec = load_spec_from_store(store)
-    return store, spec, make_plan(spec)
+    plan = make_plan(spec)
+    check_stored_plan(store, plan)
+    return store, spec, plan
 
 
-def done_ids(store: Store, units: Iterable[Unit]) -> set[str]:
-    """Ids of the units whose result row is in the store (listing, not one probe per unit)."""
-    present = {
+def stored_result_ids(store: Store) -> set[str]:
+    """Ids of every unit whose result row is in the store (one listing per table)."""
+    return {
         n.removesuffix(".parquet")
         for d in ("trials", "pretrain")
         for n in store.list_names(f"results/{d}", ".parquet")
     }
+
+
+def done_ids(store: Store, units: Iterable[Unit]) -> set[str]:
+    """Ids of the units whose result row is in the store (listing, not one probe per unit)."""
+    present = stored_result_ids(store)
     return {u.unit_id for u in units if u.unit_id in present}
 
 
 def study_datasets(spec: Spec) -> dict[str, tuple[str, DatasetConfig]]:
-    """Every prepared dataset a study reads, by cache key, as (dataset, config): each
-    downstream dataset or variant, and each upstream once per distinct preparation its
-    pretraining tasks need."""
+    """Every prepared dataset a study reads, by key, as (dataset, config): each downstream
+    dataset or variant, and each upstream once per distinct preparation its pretraining
+    tasks need."""
     out: dict[str, tuple[str, DatasetConfig]] = {}
     for name in spec.downstream:
         config, source = spec.dataset_config(name), spec.source_name(name)
         out[prepared_key(source, config)] = (source, config)
     for name in spec.upstream:
         for task in spec.pretrain.tasks:
-            config, source = spec.upstream_config(name, task), spec.source_name(name)
+            config, source = upstream_config(spec, name, task), spec.source_name(name)
             out[prepared_key(source, config)] = (source, config)
     return dict(sorted(out.items()))
 
@@ -143,29 +204,53 @@ def prepare_datasets(store: Store, spec: Spec, units: list | None = None) -> Non
     """Prepare each dataset of the study once into the store (meta.json last: it marks a
     complete copy). Real datasets are read from their source folder on this machine.
 
-    With `units`, also check that each unit's task fits its prepared dataset (label kind,
-    per-sample vs per-record model) before anything is trained.
+    A dataset already in the store is the study's: it is used as it is, and its source
+    folder is not needed (a study resumes on a machine without the raw data). Where the
+    folder is here, its fingerprint is checked against the one the study was prepared
+    from, so a changed download never mixes into a study half-way.
+
+    With `units`, also check that each unit's objective fits its prepared dataset (label
+    kind, per-sample vs per-record model) before anything is trained: once per
+    (architecture, dataset, task), not once per unit.
 
     Raises:
-        DataError: a dataset cannot be prepared, or a unit's task does not fit its data.
+        DataError: a dataset cannot be prepared, its folder holds other content than the
+            study was prepared from, or a unit's task does not fit its data.
     """
-    from study.data.prepared import PreparedDataset, default_cache_dir
-    from study.sweep.execute import task_kind
+    from study.sweep.execute import unit_objective
 
+    local = Path(store.path("prepared")) if store.is_local else default_cache_dir()
     opened: dict[str, PreparedDataset] = {}
     for key, (name, config) in study_datasets(spec).items():
-        local = Path(store.path("prepared")) if store.is_local else default_cache_dir()
-        if not store.exists(f"prepared/{key}/meta.json"):
+        source = dataset_source(name)
+        in_store = store.exists(f"prepared/{key}/meta.json")
+        folder_here = source.reads_folder and Path(config.source or "").is_dir()
+        if in_store and folder_here:
+            _log(f"checking the source of dataset {name} ({key}) against the study's copy")
+            check_fingerprint(
+                store.read_json(f"prepared/{key}/meta.json"),
+                f"{store.uri}/prepared/{key}",
+                source.fingerprint(config),
+                config.source,
+            )
+        elif not in_store:
             _log(f"preparing dataset {name} ({key})")
-            path = prepare(name, cache_dir=local, config=config, progress=True)
-            if not store.is_local:
+            fingerprint = source.fingerprint(config)
+            if store.is_local:
+                prepare_into(name, config, local / key, fingerprint, progress=True)
+            else:
+                path = prepare(name, cache_dir=local, config=config, progress=True)
                 store.upload_dir(path, f"prepared/{key}", last="meta.json")
-        if units is not None and (local / key / "meta.json").exists():
+        if units is not None and store.is_local:
             opened[key] = PreparedDataset(local / key)
+    seen: set[tuple] = set()
     for unit in units or []:
-        key = unit.config.get("upstream_key") or unit.config["downstream_key"]
-        if key in opened:
-            task_kind(unit, opened[key])
+        c = unit.config
+        check = (c.architecture, str(c.architecture_options), c.data_key, c.pretrain_task)
+        if check in seen or c.data_key not in opened:
+            continue
+        seen.add(check)
+        unit_objective(unit, opened[c.data_key])
 
 
 # --- Ray ------------------------------------------------------------------------------------
@@ -204,7 +289,7 @@ def _pretrain_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(config["threads"])))
     run_pretrain_worker(
-        Unit(**config["unit"]),
+        config["unit"],
         Store(config["store_uri"]),
         config["env"],
         rank=ctx.get_world_rank(),
@@ -222,7 +307,7 @@ def _run_pretrain_unit(unit: Unit, store: Store, spec: Spec, env: dict) -> None:
     trainer = TorchTrainer(
         _pretrain_loop,
         train_loop_config={
-            "unit": unit.__dict__,
+            "unit": unit,
             "store_uri": store.uri,
             "env": env,
             "threads": p.cpus_per_worker,
@@ -324,7 +409,7 @@ def _pretrain_progress(store: Store, units: list[Unit], epochs: int) -> str:
 
 
 def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> StudyOutcome:
-    env = {"code_version": code_version()}
+    env = {"code_version": code_version(), "loader_workers": spec.execution.loader_workers}
     os.environ.setdefault(
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(spec.execution.worker_start_timeout_s)
     )
@@ -410,8 +495,15 @@ def run_study(
 
 
 def resume_study(uri: str, address: str | None = None) -> StudyOutcome:
-    """Run exactly the planned units of the study at `uri` whose results are missing."""
+    """Run exactly the planned units of the study at `uri` whose results are missing.
+
+    Raises:
+        ConfigError: the stored plan holds other unit ids than this code plans (ids moved:
+            the message says how many, and which code version planned them).
+    """
     store, spec, plan = load_study(uri)
+    if not store.exists("plan.parquet"):
+        write_plan(store, plan)
     return _execute(store, spec, plan, address)
 
 

@@ -2,7 +2,8 @@
 rule (thresholds, QRS probability) chosen on the validation split and only then applied to
 the test split.
 
-`score_split` is what a trial row's `test_*` columns come from:
+The objectives of `study.training.tasks` score a trained model with these functions
+(`Objective.score`); a trial row's `test_*` columns come from them:
 
 - all classification tasks: macro AUROC, macro F1, support-weighted F1, per-class F1;
 - multi_label: per-class thresholds that maximise F1 on validation (`choose_thresholds`);
@@ -27,7 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from sklearn.metrics import f1_score
 
-from study.errors import ConfigError, DataError
+from study.errors import ConfigError
 from study.training.metrics import choose_thresholds, classification_metrics, single_label_metrics
 from study.training.task_metrics import (
     binary_metrics,
@@ -39,7 +40,8 @@ from study.training.task_metrics import (
 )
 
 __all__ = [
-    "score_split",
+    "score_classification",
+    "score_qrs",
     "as_row",
     "challenge_codes",
     "QRS_THRESHOLDS",
@@ -85,7 +87,7 @@ def _binary_columns(classes: Sequence[str]) -> int | None:
     return None
 
 
-def _classification(
+def score_classification(
     kind: str,
     classes: Sequence[str],
     y_val: np.ndarray,
@@ -94,6 +96,13 @@ def _classification(
     p_test: np.ndarray,
     class_codes: Mapping[str, Sequence[str]] | None,
 ) -> dict:
+    """Test metrics of a classifier ("multi_label" or "single_label" `kind`), thresholds
+    chosen on (y_val, p_val) (module docstring).
+
+    Returns:
+        Column name (without the "test_" prefix) -> value: floats, `per_class_f1` as a
+        dict, and `thresholds` (the validation-chosen decision rule, JSON-able).
+    """
     y_test = np.asarray(y_test).astype(int)
     out: dict = {}
     pos = _binary_columns(classes)
@@ -133,13 +142,15 @@ def _detect(p: np.ndarray, fs: float, threshold: float) -> list[np.ndarray]:
     return [qrs_positions(row, fs, QRS_MIN_RR_S, threshold) for row in p]
 
 
-def _qrs(
+def score_qrs(
     p_val: np.ndarray,
     beats_val: Sequence[np.ndarray],
     p_test: np.ndarray,
     beats_test: Sequence[np.ndarray],
     fs: float,
 ) -> dict:
+    """QRS sensitivity, PPV and F1 on the test records, the peak probability chosen on the
+    validation records (module docstring); `beats_*` are the reference QRS positions."""
     best_thr, best_f1 = QRS_THRESHOLDS[0], -1.0
     for thr in QRS_THRESHOLDS:
         f1 = qrs_metrics_records(beats_val, _detect(p_val, fs, thr), fs, QRS_TOLERANCE_S)["f1"]
@@ -155,42 +166,8 @@ def _qrs(
     }
 
 
-def score_split(
-    kind: str,
-    classes: Sequence[str],
-    val: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
-    *,
-    class_codes: Mapping[str, Sequence[str]] | None = None,
-    fs: float | None = None,
-    beats: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
-) -> dict:
-    """The test metrics of one model, decision rules chosen on validation.
-
-    Args:
-        kind: "multi_label", "single_label" or "per_sample".
-        classes: the label set's classes, in column order.
-        val: (targets, probabilities) of the validation split (from `predict`).
-        test: (targets, probabilities) of the test split.
-        class_codes: class -> SNOMED-CT codes, for the challenge metric (None: not scored).
-        fs: the sampling rate (per_sample only).
-        beats: reference QRS positions (samples) of each (val, test) record (per_sample).
-
-    Returns:
-        Column name (without the "test_" prefix) -> value: floats, `per_class_f1` as a
-        dict, and `thresholds` (the validation-chosen decision rule, JSON-able).
-    """
-    if kind == "per_sample":
-        if fs is None or beats is None:
-            raise DataError("QRS scoring needs the sampling rate and the reference beats")
-        return _qrs(val[1], beats[0], test[1], beats[1], fs)
-    if kind not in ("multi_label", "single_label"):
-        raise ConfigError(f"no test metrics for task kind {kind!r}")
-    return _classification(kind, classes, val[0], val[1], test[0], test[1], class_codes)
-
-
 def as_row(metrics: dict) -> dict:
-    """`score_split`'s result as trial-row columns (dicts and lists as JSON strings)."""
+    """A score's result as trial-row columns (dicts and lists as JSON strings)."""
     row = {}
     for k, v in metrics.items():
         if k == "thresholds":

@@ -57,7 +57,7 @@ def test_cpsc2019_real_files_prepare_as_per_sample_qrs(cpsc2019, realdata):
         np.testing.assert_array_equal(d.targets[i], windows(beats, 5000, half))
         mat = scipy.io.loadmat(realdata / "cpsc2019" / "data" / f"{rid}.mat")
         np.testing.assert_allclose(d.signals[i, 0], mat["ecg"][:, 0], rtol=1e-6)
-    x, y = d.arrays(np.array([3, 1]))
+    x, y = d.split(np.array([3, 1])).arrays()
     assert x.shape == (2, 1, 5000) and y.shape == (2, 5000) and y.dtype == np.float32
     np.testing.assert_array_equal(y, d.targets[[1, 3]])
 
@@ -114,7 +114,7 @@ def test_cpsc2019_targets_follow_resampling_and_a_centre_crop(tmp_path):
 
 
 def test_cpsc2021_frames_carry_weimann_and_conrads_labels(realdata):
-    from study.data.real import read_real
+    from study.data.sources import dataset_source
 
     src = realdata / "cpsc2021"
     reader = Cpsc2021Reader(src)
@@ -132,7 +132,7 @@ def test_cpsc2021_frames_carry_weimann_and_conrads_labels(realdata):
             options={"frames_per_record": 4},
             preprocessing=pre,
         )
-        source = read_real("cpsc2021", cfg, progress=False)
+        source = dataset_source("cpsc2021").open(cfg, progress=False)
         assert source.classes == classes and source.label_kind == "single_label"
         rows = list(source.rows)
         assert len(rows) == 18 and source.report["records_kept"] == 18
@@ -193,7 +193,7 @@ def test_cpsc2021_rhythm_frames_through_the_cache(cpsc2021_twelve, tmp_path):
     assert d.meta["report"]["frames"]["frame_len"] == 2048
     with pytest.raises(DataError, match="only per-sample datasets have beats"):
         d.beats([0])
-    x, y = d.arrays([0, 1])
+    x, y = d.split([0, 1]).arrays()
     assert y.shape == (2, len(RHYTHM_CLASSES))
 
 
@@ -371,7 +371,7 @@ def test_icentia11k_qrs_frames(icentia_root, tmp_path):
             ConfigError,
             r"unknown reader options \['frame_size'\]; valid: \['frame_len', 'frames_per_record'\]",
         ),
-        ({"label_set": "af"}, ConfigError, "no label set 'af'"),
+        ({"label_set": "af"}, ConfigError, "unknown label set 'af'; known: beat, rhythm"),
     ],
 )
 def test_frame_options_are_checked(icentia_root, tmp_path, config, error, message):
@@ -442,14 +442,14 @@ def test_a_cache_without_label_kind_reads_as_multi_label(tmp_path):
     d = PreparedDataset(path)
     assert (d.label_kind, d.input_kind) == ("multi_label", "signal")
     assert d.input_shape == d.signals.shape[1:] and d.targets is None
-    x, y = d.arrays(np.arange(3))
+    x, y = d.split(np.arange(3)).arrays()
     assert y.shape == (3, len(d.classes))
     with pytest.raises(DataError, match="only per-sample datasets have beats"):
         d.beats([0])
 
 
 def _source(shapes, kind="multi_label"):
-    from study.data.prepared import Rows, RowSource
+    from study.data.records import Rows, RowSource
 
     def rows():
         for i, shape in enumerate(shapes):
@@ -470,11 +470,11 @@ def test_images_are_written_with_the_shape_of_the_first_record(tmp_path):
 
     out = tmp_path / "img"
     out.mkdir()
-    _write(_source([(3, 8, 8)] * 12), "synth_tiny", out, DatasetConfig())
+    _write(_source([(3, 8, 8)] * 12), "synth_tiny", out, DatasetConfig(), None)
     d = PreparedDataset(out)
     assert d.input_kind == "image" and d.input_shape == (3, 8, 8) and d.in_channels == 3
     assert d.n_samples == 8  # the width: a scalogram's time axis
     bad = tmp_path / "bad"
     bad.mkdir()
     with pytest.raises(DataError, match=r"record r1 prepares to shape \(3, 8, 9\), earlier"):
-        _write(_source([(3, 8, 8), (3, 8, 9)]), "synth_tiny", bad, DatasetConfig())
+        _write(_source([(3, 8, 8), (3, 8, 9)]), "synth_tiny", bad, DatasetConfig(), None)

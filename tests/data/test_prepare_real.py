@@ -13,7 +13,7 @@ from study.data import PreparedDataset, prepare, prepared_key
 from study.data.config import DatasetConfig
 from study.data.readers import BadRecord
 from study.errors import ConfigError, DataError
-from study.sweep.spec import parse_spec
+from study.sweep.load import parse_spec
 
 PRE = {"fs": 100, "length": 1000, "normalize": "zscore"}
 
@@ -166,7 +166,7 @@ def test_a_study_on_real_data_runs_one_unit_in_process(realdata, tmp_path, cache
             tmp_path
             / "real"
             / "prepared"
-            / plan.by_stage("finetune")[0].config["downstream_key"]
+            / plan.by_stage("finetune")[0].config.data_key
             / "meta.json"
         ).read_text()
     )

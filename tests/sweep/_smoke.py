@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 
 from study.schema import TRIALS_SCHEMA
 from study.store import Store
+from study.sweep.load import parse_spec
 from study.sweep.plan import make_plan
-from study.sweep.spec import parse_spec
 
 SMOKE = {
     "name": "smoke",

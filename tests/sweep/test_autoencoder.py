@@ -10,8 +10,8 @@ import pytest
 from study.errors import ConfigError
 from study.store import Store
 from study.sweep.execute import run_finetune_unit, run_pretrain_worker
+from study.sweep.load import parse_spec
 from study.sweep.runner import init_study, prepare_datasets
-from study.sweep.spec import parse_spec
 
 SPEC = {
     "name": "ae",
@@ -43,7 +43,7 @@ def test_autoencoder_pretraining_then_fine_tuning(tmp_path, cache_dir):
     plan = init_study(store, spec)
     prepare_datasets(store, spec)
     pre = plan.by_stage("pretrain")[0]
-    assert pre.config["task"] == "autoencoder"
+    assert pre.config.pretrain_task == "autoencoder"
     run_pretrain_worker(pre, store, {}, rank=0, world_size=1)
     epochs = store.read_dataset("results/epochs").to_pandas()
     losses = epochs[epochs.unit_id == pre.unit_id].sort_values("epoch").val_loss.tolist()
@@ -63,8 +63,13 @@ def test_autoencoder_pretraining_then_fine_tuning(tmp_path, cache_dir):
 
 def test_autoencoder_task_needs_an_architecture_that_reconstructs():
     bad = {**SPEC, "architectures": [{"name": "resnet1d18", "options": {"base_width": 4}}]}
-    with pytest.raises(ConfigError, match="needs an architecture that reconstructs"):
+    with pytest.raises(
+        ConfigError,
+        match=r"autoencoder task cannot pretrain resnet1d18\[base_width=4\]: it does not",
+    ):
         parse_spec(bad)
     no_decoder = {**SPEC, "architectures": [{"name": "cae", "options": {"with_decoder": False}}]}
-    with pytest.raises(ConfigError, match="cae does not"):
+    with pytest.raises(
+        ConfigError, match=r"cannot pretrain cae\[with_decoder=False\]: it does not reconstruct"
+    ):
         parse_spec(no_decoder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from study.errors import StorageError
 from study.schema import checkpoint_path, run_marker_path, trial_path
 from study.store import Store
 from study.sweep.execute import run_finetune_unit, run_pretrain_worker
@@ -61,7 +62,7 @@ def test_a_crashed_unit_resumes_from_its_last_epoch(study):
 def test_fine_tuning_needs_its_pretrained_weights(study):
     store, plan = study
     unit = plan.by_stage("finetune")[0]
-    with pytest.raises(Exception, match="not in store"):
+    with pytest.raises(StorageError, match=r"pretrained/pt-\w+/model.pt is not in store"):
         run_finetune_unit(unit, store, {})
     assert store.read_json(run_marker_path(unit.unit_id))["state"] == "failed"
 
@@ -71,9 +72,9 @@ def test_paired_arms_train_on_identical_records(study):
 
     store, plan = study
     ft, sc = plan.by_stage("finetune")[0], plan.by_stage("scratch")[0]
-    data = open_prepared(store, ft.config["downstream_key"])
-    a = data.train_subset(ft.config["data_fraction"], ft.config["repeat"])
-    b = data.train_subset(sc.config["data_fraction"], sc.config["repeat"])
+    data = open_prepared(store, ft.config.data_key)
+    a = data.train_subset(ft.config.data_fraction, ft.config.repeat)
+    b = data.train_subset(sc.config.data_fraction, sc.config.repeat)
     assert (a == b).all()
     test = set(data.split_indices("test"))
     assert not test & set(a)
@@ -95,10 +96,10 @@ def test_a_dataset_in_both_roles_trains_on_disjoint_patients(study):
 
     store, plan = study
     pre, ft = plan.by_stage("pretrain")[0], plan.by_stage("finetune")[0]
-    data = open_prepared(store, ft.config["downstream_key"])
+    data = open_prepared(store, ft.config.data_key)
     patients = data.records.patient_id.to_numpy()
-    up = set(patients[data.split_indices("train", pre.config["train_folds"])])
-    down = set(patients[data.train_subset(1.0, 0, ft.config["train_folds"])])
+    up = set(patients[data.split_indices("train", pre.config.train_folds)])
+    down = set(patients[data.train_subset(1.0, 0, ft.config.train_folds)])
     held_out = set(patients[data.split_indices("val")]) | set(patients[data.split_indices("test")])
     assert up and down and not up & down
     assert not (up | down) & held_out

@@ -10,8 +10,8 @@ import pytest
 
 from study.store import Store
 from study.sweep.execute import run_finetune_unit, run_pretrain_worker
+from study.sweep.load import parse_spec
 from study.sweep.runner import init_study, prepare_datasets
-from study.sweep.spec import parse_spec
 from tests.data.test_prepare_frames import _copy_cpsc2021_with_more_patients
 
 
@@ -23,7 +23,7 @@ def _run(spec: dict, tmp_path) -> tuple[list[dict], dict]:
     pre = {}
     for u in plan.by_stage("pretrain"):
         run_pretrain_worker(u, store, {}, rank=0, world_size=1)
-        pre[u.config["task"]] = store.read_json(f"pretrained/{u.unit_id}/model.json")
+        pre[u.config.pretrain_task] = store.read_json(f"pretrained/{u.unit_id}/model.json")
     rows = [run_finetune_unit(u, store, {}) for u in plan.units if u.stage != "pretrain"]
     return rows, pre
 
@@ -61,7 +61,7 @@ def test_weimann_conrad_frame_tasks_pretrain_then_fine_tune(realdata, tmp_path, 
     # each task pretrained a single-label head over its own classes
     assert pre["beat"]["classes"] == ["undefined", "normal", "pac", "aberrated", "pvc"]
     assert pre["heart_rate"]["classes"] == ["tachy", "brady", "normal", "noise"]
-    assert {p["task_kind"] for p in pre.values()} == {"single_label"}
+    assert {p["objective"] for p in pre.values()} == {"single_label"}
     ft = [r for r in rows if r["init"] == "pretrained"]
     assert sorted(r["pretrain_task"] for r in ft) == ["beat", "heart_rate", "rhythm"]
     assert all(r["task"] == "multi_label" and r["n_train"] > 0 for r in rows)

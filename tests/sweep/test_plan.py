@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 
+from study.sweep.load import parse_spec
 from study.sweep.plan import DOWNSTREAM_FOLDS, UPSTREAM_FOLDS, make_plan
-from study.sweep.spec import parse_spec
 
 BASE = {
     "name": "p",
@@ -36,40 +36,40 @@ def test_scratch_units_do_not_vary_with_upstream_or_depth():
     scratch = plan.by_stage("scratch")
     keys = {
         (
-            u.config["architecture_label"],
-            u.config["downstream"],
-            u.config["data_fraction"],
-            u.config["repeat"],
+            u.config.architecture_label,
+            u.config.downstream,
+            u.config.data_fraction,
+            u.config.repeat,
         )
         for u in scratch
     }
     assert len(keys) == len(scratch)
-    assert all("upstream" not in u.config and u.config["freeze_depth"] == 0 for u in scratch)
+    assert all("upstream" not in u.config and u.config.freeze_depth == 0 for u in scratch)
 
 
 def test_paired_arms_share_subset_and_seed():
     plan = make_plan(parse_spec(BASE))
     scratch = {
         (
-            u.config["architecture_label"],
-            u.config["downstream"],
-            u.config["data_fraction"],
-            u.config["repeat"],
+            u.config.architecture_label,
+            u.config.downstream,
+            u.config.data_fraction,
+            u.config.repeat,
         ): u
         for u in plan.by_stage("scratch")
     }
     for u in plan.by_stage("finetune"):
         twin = scratch[
             (
-                u.config["architecture_label"],
-                u.config["downstream"],
-                u.config["data_fraction"],
-                u.config["repeat"],
+                u.config.architecture_label,
+                u.config.downstream,
+                u.config.data_fraction,
+                u.config.repeat,
             )
         ]
-        assert u.config["seed"] == twin.config["seed"]
-        assert u.config["downstream_key"] == twin.config["downstream_key"]
-        assert u.depends_on == u.config["pretrain_unit"]
+        assert u.config.seed == twin.config.seed
+        assert u.config.data_key == twin.config.data_key
+        assert u.depends_on == u.config.pretrain_unit
 
 
 def test_ids_are_stable_and_change_with_any_config_change():
@@ -108,27 +108,24 @@ def test_self_pairs_are_excluded_unless_patient_disjoint():
     spec = copy.deepcopy(BASE)
     spec["downstream"] = ["synth_up_a", "synth_down_x"]
     plan = make_plan(parse_spec(spec))
-    assert not [
-        u for u in plan.by_stage("finetune") if u.config["upstream"] == u.config["downstream"]
-    ]
+    assert not [u for u in plan.by_stage("finetune") if u.config.upstream == u.config.downstream]
     assert any("synth_up_a as upstream of synth_up_a" in w for w in plan.excluded)
     spec["self_pairs"] = "patient_disjoint"
     split = make_plan(parse_spec(spec))
-    selfs = [
-        u for u in split.by_stage("finetune") if u.config["upstream"] == u.config["downstream"]
-    ]
+    selfs = [u for u in split.by_stage("finetune") if u.config.upstream == u.config.downstream]
     assert selfs
     # the dataset in both roles trains on disjoint folds in each; the others are untouched
     for u in split.units:
-        role = u.config.get("upstream") if u.stage == "pretrain" else u.config["downstream"]
+        role = u.config.upstream if u.stage == "pretrain" else u.config.downstream
         if role == "synth_up_a":
-            expected = [1, 2, 3, 4] if u.stage == "pretrain" else [5, 6, 7, 8]
-            assert u.config["train_folds"] == expected, u
+            expected = (1, 2, 3, 4) if u.stage == "pretrain" else (5, 6, 7, 8)
+            assert u.config.train_folds == expected, u
         else:
-            assert "train_folds" not in u.config
+            assert u.config.train_folds is None
+            assert "train_folds" not in u.config.canonical()  # nor in its id
     # both arms of a self-pair comparison train on the same (downstream-role) folds
-    scratch = [u for u in split.by_stage("scratch") if u.config["downstream"] == "synth_up_a"]
-    assert scratch and all(u.config["train_folds"] == [5, 6, 7, 8] for u in scratch)
+    scratch = [u for u in split.by_stage("scratch") if u.config.downstream == "synth_up_a"]
+    assert scratch and all(u.config.train_folds == (5, 6, 7, 8) for u in scratch)
 
 
 def test_a_variant_of_an_upstream_dataset_is_a_self_pair():
@@ -143,14 +140,14 @@ def test_a_variant_of_an_upstream_dataset_is_a_self_pair():
         }
     }
     plan = make_plan(parse_spec(spec))
-    assert not any(u.config["upstream"] == "synth_up_a" for u in plan.by_stage("finetune"))
+    assert not any(u.config.upstream == "synth_up_a" for u in plan.by_stage("finetune"))
     assert any("synth_up_a as upstream of up_a_noisy" in w for w in plan.excluded)
     spec["self_pairs"] = "patient_disjoint"
     split = make_plan(parse_spec(spec))
-    pre = [u for u in split.by_stage("pretrain") if u.config["upstream"] == "synth_up_a"]
-    assert pre and all(u.config["train_folds"] == UPSTREAM_FOLDS for u in pre)
-    down = [u for u in split.units if u.config.get("downstream") == "up_a_noisy"]
-    assert down and all(u.config["train_folds"] == DOWNSTREAM_FOLDS for u in down)
+    pre = [u for u in split.by_stage("pretrain") if u.config.upstream == "synth_up_a"]
+    assert pre and all(u.config.train_folds == UPSTREAM_FOLDS for u in pre)
+    down = [u for u in split.units if u.config.downstream == "up_a_noisy"]
+    assert down and all(u.config.train_folds == DOWNSTREAM_FOLDS for u in down)
 
 
 def test_per_stage_learning_rates_apply_to_the_pretrained_arm_only():
@@ -158,5 +155,5 @@ def test_per_stage_learning_rates_apply_to_the_pretrained_arm_only():
     spec["architectures"] = spec["architectures"][:1]
     spec["finetune"]["stage_lr"] = {"stem": 0.0}
     plan = make_plan(parse_spec(spec))
-    assert all(u.config["train"]["stage_lr"] == {"stem": 0.0} for u in plan.by_stage("finetune"))
-    assert all("stage_lr" not in u.config["train"] for u in plan.by_stage("scratch"))
+    assert all(u.config.train.stage_lr == {"stem": 0.0} for u in plan.by_stage("finetune"))
+    assert all(u.config.train.stage_lr is None for u in plan.by_stage("scratch"))

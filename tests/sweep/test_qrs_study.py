@@ -8,8 +8,8 @@ import json
 
 from study.store import Store
 from study.sweep.execute import run_finetune_unit, run_pretrain_worker
+from study.sweep.load import parse_spec
 from study.sweep.runner import init_study, prepare_datasets
-from study.sweep.spec import parse_spec
 
 
 def _spec(source: str) -> dict:

@@ -25,7 +25,9 @@ def ray_address():
     from tests.conftest import free_port
 
     port = free_port()
-    # A loopback-only test cluster: its drivers connect without the token handshake.
+    # A loopback-only test cluster: its drivers connect without the token handshake
+    # (restored when the module's tests are done).
+    saved = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     # --block: the head lives as long as this process, and stopping it stops only its own
@@ -67,12 +69,17 @@ def ray_address():
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
 
 
 def _study_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "study.cli", *args]
 
 
+@pytest.mark.slow
 def test_sigkill_driver_then_resume(ray_address, tmp_path, cache_dir):
     spec_path = tmp_path / "smoke.yaml"
     data = {**SMOKE, "finetune": {**SMOKE["finetune"], **FINETUNE}}

@@ -3,6 +3,8 @@ Tune fine-tuning, one result row per planned unit, and a report from the store a
 
 from __future__ import annotations
 
+import pytest
+
 from analysis import report_study
 from study.store import Store
 from study.sweep.runner import run_study, study_status
@@ -42,6 +44,7 @@ def test_smoke_study_end_to_end_then_rerun_does_nothing(ray_local, tmp_path, cac
     assert any(str(p).endswith(".png") for p in paths.values())
 
 
+@pytest.mark.slow
 def test_a_failing_unit_is_reported_and_a_rerun_completes_it(ray_local, tmp_path, cache_dir):
     from study.schema import checkpoint_path
     from study.sweep.plan import make_plan

@@ -22,6 +22,7 @@ def s3_then_ray(s3_server):
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_smoke_study_on_s3(s3_then_ray, cache_dir):
     endpoint, bucket, _ = s3_then_ray
     spec = smoke_spec(data_fractions=[1.0])

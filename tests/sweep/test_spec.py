@@ -7,7 +7,8 @@ import copy
 import pytest
 
 from study.errors import ConfigError
-from study.sweep.spec import load_spec, parse_spec, spec_to_yaml
+from study.sweep.load import load_spec, parse_spec, spec_to_yaml
+from study.sweep.resolve import freeze_depths_for
 
 GOOD = {
     "name": "t",
@@ -36,7 +37,10 @@ BAD = [
         ["finetune.data_fractions", "must be in (0, 1], got 0.0"],
     ),
     (_with("finetune.data_fractions", [1.5]), ["(0, 1], got 1.5"]),
-    (_with("finetune.freeze_depths", [7]), ["freeze_depth must be <= 5 for resnet1d18, got 7"]),
+    (
+        _with("finetune.freeze_depths", [7]),
+        ["finetune.freeze_depths: freeze_depth must be <= 5 for resnet1d18[base_width=8], got 7"],
+    ),
     (_with("finetune.freeze_depths", [-1]), [">= 0 or 'all', got -1"]),
     (_with("upstream", ["ptbxl_typo"]), ["upstream", "unknown dataset 'ptbxl_typo'", "synth_up_a"]),
     (
@@ -54,7 +58,7 @@ BAD = [
     ({k: v for k, v in GOOD.items() if k != "downstream"}, ["downstream: required key"]),
     (
         _with("finetune.stage_lr", {"layer9": 0.1}),
-        ["finetune.stage_lr: resnet1d18 has no stage 'layer9'", "stem, stages.0"],
+        ["finetune.stage_lr: resnet1d18[base_width=8] has no stage 'layer9'", "stem, stages.0"],
     ),
     (_with("finetune.stage_lr", {"stem": -1}), ["multiplier must be >= 0, got stem: -1"]),
     (
@@ -63,15 +67,52 @@ BAD = [
     ),
     (
         _with("architectures", [{"name": "unet1d"}]),
-        ["unet1d gives per-sample outputs", "qrs task only, not 'classification'"],
+        [
+            "pretrain.task: the classification task cannot pretrain unet1d: it gives "
+            "per_sample outputs; multi_label needs one per record",
+            "architectures: unet1d cannot be fine-tuned on synth_down_x (multi_label)",
+        ],
     ),
-    (_with("pretrain.task", "qrs"), ["qrs segmentation needs a per-sample architecture"]),
+    (
+        _with("pretrain.task", "qrs"),
+        [
+            "pretrain.task: the qrs task trains on the upstream label set 'qrs', which synth_up_a "
+            "does not have (datasets with it: cpsc2019"
+        ],
+    ),
+    (
+        {
+            **GOOD,
+            "upstream": ["cpsc2019"],
+            "datasets": {"cpsc2019": {"source": "/data/cpsc2019"}},
+            "pretrain": {"task": "qrs"},
+        },
+        [
+            "pretrain.task: the qrs task cannot pretrain resnet1d18[base_width=8]: it gives "
+            "one output per record, not per sample"
+        ],
+    ),
     (_with("pretrain.task", "beat"), ["the beat task", "synth_up_a does not have"]),
     (_with("pretrain.task", ["future", "future"]), ["tasks must be distinct"]),
-    (_with("pretrain.task", "jigsaw"), ["pretrain.task", "'jigsaw'"]),
+    (_with("pretrain.task", "jigsaw"), ["pretrain.task: unknown task 'jigsaw'", "future"]),
+    (
+        _with("pretrain.task_options", {"classification": {"x": 1}}),
+        ["pretrain.task_options.classification: the classification task takes no options"],
+    ),
     (
         _with("pretrain.task_options", {"beat": {"x": 1}}),
-        ["only the future task takes options", "'beat'"],
+        ["pretrain.task_options.beat: 'beat' is not a pretraining task of this study"],
+    ),
+    (
+        {
+            **_with("pretrain.task", "future"),
+            "pretrain": {"task": "future", "task_options": {"future": {"steps": 4}}},
+        },
+        ["pretrain.task_options.future: the future task has no option 'steps'", "window_length"],
+    ),
+    (
+        {**GOOD, "pretrain": {"task": "autoencoder", "loss": "weighted_bce"}},
+        ["pretrain.loss: the autoencoder task has no labels to weight"],
     ),
     (_with("finetune.optimizer", "lamb"), ["finetune.optimizer", "'adamw' or 'sgd'", "'lamb'"]),
     (_with("pretrain.loss", "focal"), ["pretrain.loss", "'focal'"]),
@@ -98,7 +139,7 @@ def test_good_spec_resolves_defaults_and_round_trips(tmp_path):
 
 def test_freeze_depth_all_resolves_per_architecture():
     spec = parse_spec(_with("finetune.freeze_depths", [0, "all"]))
-    assert spec.freeze_depths_for(spec.architectures[0]) == [0, 5]
+    assert freeze_depths_for(spec, spec.architectures[0]) == [0, 5]
 
 
 @pytest.mark.parametrize(
@@ -127,7 +168,7 @@ def test_a_task_list_is_an_axis_of_the_plan():
     assert len(two.by_stage("scratch")) == len(one.by_stage("scratch"))  # no task in scratch
     # the classification units are the same units (same ids) as in the one-task spec
     assert {u.unit_id for u in one.units} <= {u.unit_id for u in two.units}
-    tasks = {u.config["pretrain_task"] for u in two.by_stage("finetune")}
+    tasks = {u.config.pretrain_task for u in two.by_stage("finetune")}
     assert tasks == {"classification", "future"}
 
 
@@ -150,7 +191,7 @@ def test_a_dataset_variant_is_its_own_downstream_with_the_same_records():
     )
     assert spec.source_name("x_noisy") == "synth_down_x"
     plan = make_plan(spec)
-    keys = {u.config["downstream"]: u.config["downstream_key"] for u in plan.by_stage("scratch")}
+    keys = {u.config.downstream: u.config.data_key for u in plan.by_stage("scratch")}
     assert keys["synth_down_x"] == prepared_key("synth_down_x")
     assert keys["x_noisy"] != keys["synth_down_x"] and keys["x_noisy"].startswith("synth_down_x-")
     assert {name for name, _ in study_datasets(spec).values()} == {"synth_up_a", "synth_down_x"}

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from study.data.snomed import LABEL_SETS
-from study.training.evaluation import as_row, challenge_codes, score_split
+from study.training.evaluation import as_row, challenge_codes
+from study.training.tasks import score_split
 
 
 def test_multi_label_thresholds_come_from_validation_only():

@@ -5,10 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from study.errors import TrainingError
 from study.models import create_model
-from study.training import FitConfig, choose_thresholds, classification_metrics, fit, predict
+from study.training import (
+    ArrayRows,
+    FitConfig,
+    choose_thresholds,
+    classification_metrics,
+    fit,
+    objective,
+    predict,
+)
 from study.training.checkpoint import load_backbone, load_state_bytes, state_to_bytes
 from study.training.metrics import macro_auroc
 
@@ -153,29 +162,32 @@ def test_stage_learning_rates_scale_groups_and_zero_freezes():
         _param_groups(_model(), FitConfig(stage_lr={"layer9": 0.1}))
 
 
-def test_weighted_bce_weights_rare_positives():
-    from study.training.loop import _class_weight
+def _weight(y: np.ndarray, cfg: FitConfig):
+    from study.training.loop import class_weight
 
+    rows = ArrayRows(np.zeros((len(y), 1, 4), dtype=np.float32), y)
+    return class_weight(objective(cfg.task), rows, cfg)
+
+
+def test_weighted_bce_weights_rare_positives():
     y = np.array([[1, 0], [0, 0], [0, 0], [0, 1]], dtype=np.float32)
     y[:, 1] = [1, 1, 1, 0]
-    w = _class_weight(y, FitConfig(loss="weighted_bce"))
+    w = _weight(y, FitConfig(loss="weighted_bce"))
     assert w.tolist() == pytest.approx([3.0, 1 / 3])  # negatives / positives
-    assert _class_weight(y, FitConfig(loss="bce")) is None
-    w0 = _class_weight(np.zeros((4, 1), dtype=np.float32), FitConfig(loss="weighted_bce"))
+    assert _weight(y, FitConfig(loss="bce")) is None
+    w0 = _weight(np.zeros((4, 1), dtype=np.float32), FitConfig(loss="weighted_bce"))
     assert w0.tolist() == [1.0]
 
 
 def test_weighted_loss_of_single_label_and_per_sample_tasks():
-    from study.training.loop import _class_weight
-
     # one-hot, 3 classes: counts 2, 1, 0 of 3 records -> 3 / (3 * count), absent -> 0
     y = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=np.float32)
-    w = _class_weight(y, FitConfig(loss="weighted_bce", task="single_label"))
+    w = _weight(y, FitConfig(loss="weighted_bce", task="single_label"))
     assert w.tolist() == pytest.approx([0.5, 1.0, 0.0])
     # per-sample masks: 2 positive samples of 8 -> one weight 6 / 2
     m = np.zeros((2, 4), dtype=np.float32)
     m[0, 1] = m[1, 2] = 1
-    w = _class_weight(m, FitConfig(loss="weighted_bce", task="per_sample"))
+    w = _weight(m, FitConfig(loss="weighted_bce", task="per_sample"))
     assert w.tolist() == pytest.approx([3.0])
 
 
@@ -195,12 +207,12 @@ def test_deterministic_mode_gives_identical_runs_and_options_are_checked():
     torch.use_deterministic_algorithms(False)
     assert [h["val_loss"] for h in runs[0]] == [h["val_loss"] for h in runs[1]]
     for bad, msg in (
-        (dict(optimizer="lamb"), "optimizer must be"),
-        (dict(schedule="poly"), "schedule must be"),
-        (dict(loss="focal"), "loss must be"),
+        (dict(optimizer="lamb"), "optimizer\n  Input should be 'adamw' or 'sgd'"),
+        (dict(schedule="poly"), "schedule\n  Input should be 'cosine' or 'constant'"),
+        (dict(loss="focal"), "loss\n  Input should be 'bce' or 'weighted_bce'"),
     ):
-        with pytest.raises(TrainingError, match=msg):
-            fit(_model(), _toy(16, 0), _toy(8, 1), FitConfig(epochs=1, **bad))
+        with pytest.raises(ValidationError, match=msg):
+            FitConfig(epochs=1, **bad)
 
 
 def test_single_label_task_learns_with_cross_entropy_and_argmax_metrics():

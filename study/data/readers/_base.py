@@ -16,50 +16,24 @@ record (study.data.frames) rather than the record itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from study._registry import Registry
-from study.errors import DataError
+from study.data.records import LABEL_KINDS, STANDARD_LEADS, BadRecord, Record, Signal
+from study.errors import ConfigError, DataError
 
-__all__ = ["Record", "Signal", "DatasetReader", "READERS", "BadRecord", "LABEL_KINDS"]
-
-# Standard 12-lead names, in the conventional order; readers map their own spellings here.
-STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
-LABEL_KINDS = ("multi_label", "single_label", "per_sample")
-
-
-class BadRecord(DataError):
-    """One record that cannot be used: missing, truncated, unreadable, flat, NaN, or not
-    what its header promises. The message names the record and the reason."""
-
-    def __init__(self, record_id: str, reason: str) -> None:
-        super().__init__(f"record {record_id}: {reason}")
-        self.record_id = record_id
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Record:
-    """One record as listed by a reader (no signal read yet)."""
-
-    record_id: str
-    patient_id: str  # the record id again where a dataset has no patient identifiers
-    labels: tuple[str, ...]  # in the reader's native label vocabulary (e.g. SNOMED codes)
-    fs: float  # sampling rate the header promises
-    n_samples: int | None = None  # as the header promises (None if unknown before reading)
-    lead_names: tuple[str, ...] = ()
-    fold: int | None = None  # official fold where the dataset has one (PTB-XL strat_fold)
-    meta: dict = field(default_factory=dict)  # age, sex, ... as given by the source
-
-
-@dataclass(frozen=True)
-class Signal:
-    data: np.ndarray  # float32 (leads, samples), millivolts
-    fs: float
-    lead_names: tuple[str, ...]
+__all__ = [
+    "Record",
+    "Signal",
+    "DatasetReader",
+    "READERS",
+    "BadRecord",
+    "LABEL_KINDS",
+    "STANDARD_LEADS",
+    "check_signal",
+]
 
 
 class DatasetReader:
@@ -106,8 +80,6 @@ class DatasetReader:
     def check_label_set(self, label_set: str) -> None:
         """Raise ConfigError, listing this reader's sets, when `label_set` is not one."""
         if label_set not in self.label_sets:
-            from study.errors import ConfigError
-
             raise ConfigError(
                 f"{self.name} has no label set {label_set!r}; known: {', '.join(self.label_sets)}"
             )

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import wfdb
 
-from study.data.frames import FRAME_LEN, FRAMES_PER_RECORD, check_frame_options, frame_label_sets
+from study.data.annotations import Annotations, RhythmInterval
+from study.data.frames import FRAME_LABEL_SETS, FRAME_LEN, FRAMES_PER_RECORD, check_frame_options
 from study.data.readers._base import (
     READERS,
     BadRecord,
@@ -66,65 +66,6 @@ _OPEN = re.compile(r"\((\w+)")
 _SINGLE = re.compile(r"\((\w+)\)")
 # Physical units -> factor to millivolts.
 _TO_MV = {"mV": 1.0, "mv": 1.0, "uV": 1e-3, "µV": 1e-3, "V": 1e3}
-
-
-@dataclass(frozen=True)
-class RhythmInterval:
-    """One rhythm zone: samples [start, end) of rhythm `name` (as annotated: N, AFIB, AFL)."""
-
-    start: int
-    end: int
-    name: str
-
-
-@dataclass(frozen=True)
-class Annotations:
-    """One record's beat and rhythm annotations, in samples at `fs`.
-
-    Attributes:
-        samples: int64 (beats,) sample of each beat annotation, non-decreasing.
-        symbols: str (beats,) the beat symbols (N, S, V, Q, a, A, ...).
-        rhythms: the rhythm zones, sorted and not overlapping.
-        fs: the sampling rate the samples count in.
-        n_samples: the record's length in samples.
-        record_id: the record they belong to (for messages).
-    """
-
-    samples: np.ndarray
-    symbols: np.ndarray
-    rhythms: tuple[RhythmInterval, ...]
-    fs: float
-    n_samples: int
-    record_id: str = ""
-
-    def __post_init__(self) -> None:
-        samples = np.asarray(self.samples, dtype=np.int64)
-        symbols = np.asarray(self.symbols, dtype=str)
-        object.__setattr__(self, "samples", samples)
-        object.__setattr__(self, "symbols", symbols)
-        object.__setattr__(self, "rhythms", tuple(self.rhythms))
-        who = f"annotations of {self.record_id or 'a record'}"
-        if samples.ndim != 1 or symbols.shape != samples.shape:
-            raise DataError(
-                f"{who}: samples {samples.shape} and symbols {symbols.shape} must be equal 1-D"
-            )
-        if self.fs <= 0:
-            raise DataError(f"{who}: fs must be > 0, got {self.fs}")
-        if samples.size and (np.any(np.diff(samples) < 0) or samples[0] < 0):
-            raise DataError(f"{who}: beat samples must be >= 0 and non-decreasing")
-        if samples.size and samples[-1] >= self.n_samples:
-            raise DataError(
-                f"{who}: beat at sample {samples[-1]} lies past the record's "
-                f"{self.n_samples} samples"
-            )
-        prev_end = 0
-        for r in self.rhythms:
-            if not (prev_end <= r.start < r.end <= self.n_samples):
-                raise DataError(
-                    f"{who}: rhythm zones must be sorted, non-empty, non-overlapping and inside "
-                    f"[0, {self.n_samples}); got {r} after a zone ending at {prev_end}"
-                )
-            prev_end = r.end
 
 
 def parse_annotations(
@@ -208,26 +149,9 @@ def parse_annotations(
     )
 
 
-class _WithFrameLabelSets:
-    """`label_sets` of an annotated reader: its record-level sets, then the frame sets.
-
-    Built on first access, because the frame sets' classes come from study.data.pretext,
-    which imports this module.
-    """
-
-    def __init__(self, record_sets: dict[str, tuple[str, ...]]) -> None:
-        self.record_sets = record_sets
-
-    def __get__(self, obj: object, owner: type | None = None) -> dict[str, tuple[str, ...]]:
-        return {**self.record_sets, **frame_label_sets()}
-
-
-_FRAME_KINDS = {
-    "beat": "single_label",
-    "rhythm": "single_label",
-    "heart_rate": "single_label",
-    "qrs": "per_sample",
-}
+# The frame label sets (beat, rhythm, heart_rate, qrs) both readers offer, and their kinds.
+_FRAME_SETS = {name: s.classes for name, s in FRAME_LABEL_SETS.items()}
+_FRAME_KINDS = {name: s.label_kind for name, s in FRAME_LABEL_SETS.items()}
 
 
 class _AnnotatedWfdbReader(DatasetReader):
@@ -238,7 +162,7 @@ class _AnnotatedWfdbReader(DatasetReader):
         ConfigError: frame_len or frames_per_record is not an integer >= 1.
     """
 
-    frame_label_sets = ("beat", "rhythm", "heart_rate", "qrs")
+    frame_label_sets = tuple(FRAME_LABEL_SETS)
     # beat symbol -> study.data.pretext.BEAT_CLASSES name; None: pretext's (Icentia11k's)
     beat_symbol_classes: Mapping[str, str] | None = None
 
@@ -351,7 +275,7 @@ class Icentia11kReader(_AnnotatedWfdbReader):
     name = "icentia11k"
     source = "https://physionet.org/content/icentia11k-continuous-ecg/1.0/"
     licence = "CC BY-NC-SA 4.0"
-    label_sets = _WithFrameLabelSets({})
+    label_sets = dict(_FRAME_SETS)
     label_kinds = _FRAME_KINDS
     fs = 250.0
     lead_names = ("ecg",)
@@ -449,7 +373,7 @@ class Cpsc2021Reader(_AnnotatedWfdbReader):
     name = "cpsc2021"
     source = "https://physionet.org/content/cpsc2021/1.0.0/"
     licence = "CC BY 4.0"
-    label_sets = _WithFrameLabelSets({"af_type": ("non-AF", "paroxysmal-AF", "persistent-AF")})
+    label_sets = {"af_type": ("non-AF", "paroxysmal-AF", "persistent-AF"), **_FRAME_SETS}
     label_kinds = {"af_type": "single_label", **_FRAME_KINDS}
     beat_symbol_classes = {"N": "normal", "A": "pac", "a": "aberrated", "V": "pvc"}
     _NATIVE = {

@@ -150,6 +150,9 @@ def _ptbxl_lead(name: str) -> str:
     return by_upper.get(name.strip().upper(), name)
 
 
+_LABEL_SET_ORDER = ("superdiagnostic", "subdiagnostic", "diagnostic", "form", "rhythm", "all")
+
+
 @READERS.register(name="ptbxl")
 class PtbXlReader(DatasetReader):
     """PTB-XL, with its official folds and the benchmark's six label sets.
@@ -176,6 +179,9 @@ class PtbXlReader(DatasetReader):
     name = "ptbxl"
     source = "https://physionet.org/content/ptb-xl/1.0.3/"
     licence = "CC-BY-4.0"
+    # The label sets' names; their classes come from the folder's scp_statements.csv, so an
+    # opened reader's label_sets holds them (a spec and a cache key need only the names).
+    label_sets = dict.fromkeys(_LABEL_SET_ORDER, ())
 
     def __init__(self, root: str | Path, sampling_rate: int = 100) -> None:
         if sampling_rate not in _FILENAME_COLUMN:
@@ -231,8 +237,9 @@ class PtbXlReader(DatasetReader):
             "superdiagnostic": _mapping(diagnostic["diagnostic_class"]),
             "subdiagnostic": _mapping(diagnostic["diagnostic_subclass"]),
         }
-        order = ("superdiagnostic", "subdiagnostic", "diagnostic", "form", "rhythm", "all")
-        self.label_sets = {k: tuple(sorted(set(self._by_set[k].values()))) for k in order}
+        self.label_sets = {
+            k: tuple(sorted(set(self._by_set[k].values()))) for k in _LABEL_SET_ORDER
+        }
 
     def _read_csv(self, name: str, columns: tuple[str, ...], index_col: int | None) -> pd.DataFrame:
         path = self.root / name
