@@ -66,6 +66,8 @@ TRIALS_SCHEMA = pa.schema(
         ("epochs", pa.int32()),  # epochs run (early stopping may end before the maximum)
         ("train_seconds", pa.float64()),
         ("trainable_params", pa.int64()),
+        # the parts that trained, e.g. "head.hidden, head.fc" (study.models ECGModel.trained_parts)
+        ("trained_layers", pa.string()),
         ("hardware", pa.string()),
         ("code_version", pa.string()),
         ("finished_at", pa.timestamp("us", tz="UTC")),

@@ -148,7 +148,7 @@ def prepare(
     config = config or DatasetConfig()
     source = dataset_source(name)
     source.check(config)
-    fingerprint = source.fingerprint(config)
+    fingerprint = source.fingerprint(config, progress=progress)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     dest = cache_dir / cache_folder(prepared_key(name, config), fingerprint)
     return prepare_to(name, config, dest, fingerprint, progress=progress)

@@ -28,7 +28,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import numpy as np
 from pydantic import (
@@ -56,12 +56,13 @@ __all__ = [
     "BANDPASS_ORDER",
 ]
 
+# The options' values, each defined once (the schema's fields are these types).
 Crop = Literal["center", "start", "random-fixed"]
 Pad = Literal["zero", "edge"]
 Normalize = Literal["zscore", "minmax"]
-CROPS = ("center", "start", "random-fixed")
-PADS = ("zero", "edge")
-NORMALIZATIONS = (None, "zscore", "minmax")
+NoiseKind = Literal["gaussian", "baseline_wander", "powerline", "muscle", "mixed"]
+Colormap = Literal["jet", "viridis"]  # matplotlib colormaps offered for 3-channel scalograms
+Scaling = Literal["minmax", "max"]
 
 # Bump when what apply() computes changes for the same options: it is part of key().
 PREPROCESS_VERSION = 1
@@ -71,15 +72,14 @@ _RESAMPLE_PADTYPE = "line"  # extend edges along a line, not with zeros: no step
 _MAX_DENOMINATOR = 1000  # up/down factors stay small enough for a short FIR
 _FLAT_PTP = 1e-6  # mV, the readers' flat-lead rule (check_signal)
 
-NOISE_KINDS = ("gaussian", "baseline_wander", "powerline", "muscle", "mixed")
+NOISE_KINDS = get_args(NoiseKind)
 _WANDER_BAND = (0.05, 0.5)  # Hz: respiration and electrode drift lie below 0.5 Hz
 _WANDER_COMPONENTS = 4  # sinusoids per lead
 _MUSCLE_BAND = (20.0, 150.0)  # Hz: the main band of surface EMG
 _MUSCLE_ORDER = 4  # Butterworth order per pass (sosfiltfilt)
 _MUSCLE_MARGIN = 256  # samples made past each end and dropped: no filter edge transient
 
-SCALINGS = ("minmax", "max")
-COLORMAPS = ("jet", "viridis")  # matplotlib colormaps offered for 3-channel scalograms
+COLORMAPS = get_args(Colormap)
 _RESIZE = "scipy.ndimage.zoom order=1 mode=nearest"  # cwt_scalogram's resize, for the key
 _EXTEND = "symmetric, half the record each side"  # cwt_scalogram's edge extension
 _NORM = "amplitude"  # the scalogram's rows: equal magnitude for sines of equal amplitude
@@ -290,7 +290,7 @@ class Noise(_Options):
 
     _what: ClassVar[str] = "noise"
 
-    kind: Literal["gaussian", "baseline_wander", "powerline", "muscle", "mixed"]
+    kind: NoiseKind
     # 10 log10(lead variance / noise power); any finite value (negative: more noise)
     snr_db: Annotated[float, Strict(), Field(allow_inf_nan=False)]
     seed: Annotated[int, Strict()] = 0  # with the record id, seeds each record's noise
@@ -421,8 +421,8 @@ class Scalogram(_Options):
         224,
     )
     channels: Literal[1, 3] = 1  # 3: grey repeated, or `colormap` RGB (ImageNet weights)
-    colormap: Literal["jet", "viridis"] | None = None  # only with channels 3
-    scaling: Literal["minmax", "max"] = "minmax"  # per record to [0, 1], as a saved image
+    colormap: Colormap | None = None  # only with channels 3
+    scaling: Scaling = "minmax"  # per record to [0, 1], as a saved image
 
     @field_validator("wavelet")
     @classmethod

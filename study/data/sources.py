@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from study.data.config import DatasetConfig
 from study.data.records import Rows, RowSource, Signal
@@ -63,8 +65,11 @@ class Fingerprint:
         return f"{self.short} ({self.files} files, {self.bytes / 1e6:.1f} MB)"
 
 
-def folder_fingerprint(root: str | Path) -> Fingerprint:
+def folder_fingerprint(root: str | Path, progress: bool = False) -> Fingerprint:
     """The fingerprint of the folder `root` (rules: module docstring).
+
+    Args:
+        progress: show a count of the files read (Icentia11k has over half a million).
 
     Raises:
         DataError: `root` is not a directory.
@@ -74,6 +79,14 @@ def folder_fingerprint(root: str | Path) -> Fingerprint:
         raise DataError(f"dataset folder {root} does not exist or is not a directory")
     h = hashlib.sha256()
     files = total = 0
+    bar = tqdm(
+        desc=f"fingerprinting {root.name}",
+        unit="file",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=2,
+        delay=2,  # a small folder is done before any bar shows
+    )
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = Path(dirpath).relative_to(root).as_posix()
@@ -85,6 +98,8 @@ def folder_fingerprint(root: str | Path) -> Fingerprint:
             h.update(f"{rel}\0{size}\n".encode())
             files += 1
             total += size
+        bar.update(len(filenames))
+    bar.close()
     return Fingerprint(h.hexdigest(), files, total)
 
 
@@ -143,7 +158,7 @@ class DatasetSource:
         if found:
             raise ConfigError("; ".join(f"{option}: {msg}" for option, msg in found))
 
-    def fingerprint(self, config: DatasetConfig) -> Fingerprint | None:
+    def fingerprint(self, config: DatasetConfig, progress: bool = False) -> Fingerprint | None:
         """The content of what `config` reads (None: the version says it all)."""
         return None
 
@@ -252,9 +267,9 @@ class ReaderSource(DatasetSource):
             )
         return out
 
-    def fingerprint(self, config: DatasetConfig) -> Fingerprint:
+    def fingerprint(self, config: DatasetConfig, progress: bool = False) -> Fingerprint:
         self.check(config)
-        return folder_fingerprint(config.source)
+        return folder_fingerprint(config.source, progress=progress)
 
     def open(self, config: DatasetConfig, progress: bool = False) -> RowSource:
         from study.data.real import read_real

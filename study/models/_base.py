@@ -197,6 +197,17 @@ class ECGModel(nn.Module):
         layers = (self.get_submodule(n) for n in self.head_trainable)
         return "mlp" if all(isinstance(m, nn.Linear) for m in layers) else "head"
 
+    def trained_parts(self) -> tuple[str, ...]:
+        """The parts that train as the model stands (frozen groups and parameters switched
+        off by a zero learning rate left out): freeze groups, head layers and the other
+        top-level parts, each named once if any of its parameters trains."""
+        parts = (*self.freeze_groups, *self.head_trainable, *self.body_trainable)
+        return tuple(
+            name
+            for name in parts
+            if any(p.requires_grad for p in self.get_submodule(name).parameters())
+        )
+
     # ---- forward -----------------------------------------------------------------------
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

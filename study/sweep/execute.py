@@ -333,6 +333,7 @@ def run_finetune_unit(
             "task": obj.name,
             **as_row(test_m),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "trained_layers": ", ".join(model.trained_parts()),
         }
         _commit(store, unit, row, result.history, trial_path(uid), TRIALS_SCHEMA)
         return row

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from study.data import prepared_key
 from study.sweep.resolve import freeze_depths_for, upstream_config
-from study.sweep.spec import Spec
+from study.sweep.spec import Spec, architecture_label
 from study.training.config import TrainOptions
 
 __all__ = ["UnitConfig", "Unit", "Plan", "make_plan", "unit_id"]
@@ -101,10 +101,7 @@ class UnitConfig(BaseModel):
     @property
     def architecture_label(self) -> str:
         """A readable name that tells options apart ("resnet1d18[base_width=16]")."""
-        if not self.architecture_options:
-            return self.architecture
-        opts = ",".join(f"{k}={v}" for k, v in sorted(self.architecture_options.items()))
-        return f"{self.architecture}[{opts}]"
+        return architecture_label(self.architecture, self.architecture_options)
 
     def canonical(self) -> dict:
         """The JSON-able config that the id hashes (unset fields left out)."""

@@ -230,12 +230,12 @@ def prepare_datasets(store: Store, spec: Spec, units: list | None = None) -> Non
             check_fingerprint(
                 store.read_json(f"prepared/{key}/meta.json"),
                 f"{store.uri}/prepared/{key}",
-                source.fingerprint(config),
+                source.fingerprint(config, progress=True),
                 config.source,
             )
         elif not in_store:
             _log(f"preparing dataset {name} ({key})")
-            fingerprint = source.fingerprint(config)
+            fingerprint = source.fingerprint(config, progress=True)
             if store.is_local:
                 prepare_into(name, config, local / key, fingerprint, progress=True)
             else:

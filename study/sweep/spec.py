@@ -33,6 +33,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
+def architecture_label(name: str, options: dict[str, Any]) -> str:
+    """A readable name that tells options apart ("resnet1d18[base_width=16]"): the
+    architecture column of every result row."""
+    if not options:
+        return name
+    opts = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return f"{name}[{opts}]"
+
+
 class ArchitectureSpec(_Strict):
     """One architecture of the grid and the options its factory takes."""
 
@@ -41,11 +50,7 @@ class ArchitectureSpec(_Strict):
 
     @property
     def label(self) -> str:
-        """A readable name that tells options apart ("resnet1d18[base_width=16]")."""
-        if not self.options:
-            return self.name
-        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        return f"{self.name}[{opts}]"
+        return architecture_label(self.name, self.options)
 
 
 class PretrainSpec(TrainOptions):
