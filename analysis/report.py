@@ -73,6 +73,7 @@ _SUMMARY_COLUMNS = [
     "upstream",
     "pretrain_task",
     "freeze_depth",
+    "trained_layers",
     "data_fraction",
     "n",
     "n_nan",
@@ -159,6 +160,8 @@ def summarize(trials: pd.DataFrame, metric: str = "test_macro_auroc") -> pd.Data
                 "upstream": first["upstream"],
                 "pretrain_task": first["pretrain_task"],
                 "freeze_depth": int(first["freeze_depth"]),
+                # what trained in this arm (rows written before the column: unknown)
+                "trained_layers": first.get("trained_layers"),
                 "data_fraction": float(fraction),
                 "n": int(finite.size),
                 "n_nan": int(values.size - finite.size),
@@ -566,7 +569,7 @@ def _plot_freeze_depth(summary: pd.DataFrame, metric: str, path: Path) -> None:
                 )
         ax.set_xticks([int(d) for d in depths])
         ax.set_title(f"{downstream} - {architecture}")
-        ax.set_xlabel("freeze depth (frozen stages; 0 = full fine-tune)")
+        ax.set_xlabel(_freeze_axis_words(cell))
         ax.set_ylabel(f"{_label(metric)} (mean, {CONFIDENCE:.0%} CI)")
         ax.grid(True, alpha=0.3)
     handles = [Line2D([], [], color=colour[f], lw=2, label=f"fraction {f:g}") for f in fractions]
@@ -592,6 +595,19 @@ def _plot_freeze_depth(summary: pd.DataFrame, metric: str, path: Path) -> None:
     )
     figure.suptitle(f"Freeze depth: test {_label(metric)}, scratch as dotted reference")
     figure.savefig(path, dpi=110, bbox_inches="tight")  # keep the outside legend
+
+
+def _freeze_axis_words(cell: pd.DataFrame) -> str:
+    """The freeze-depth axis in words, saying what trains at the deepest depth shown."""
+    words = "freeze depth k (the first k stages frozen; 0 = full fine-tune)"
+    pretrained = cell[cell["init"] == "pretrained"]
+    if pretrained.empty or "trained_layers" not in pretrained:
+        return words
+    deepest = pretrained[pretrained["freeze_depth"] == pretrained["freeze_depth"].max()]
+    layers = deepest["trained_layers"].dropna()
+    if layers.empty:
+        return words
+    return f"{words}\nat k={int(deepest['freeze_depth'].iloc[0])} only {layers.iloc[0]} train"
 
 
 def _colours(n: int, name: str) -> list[tuple[float, float, float, float]]:
@@ -626,7 +642,12 @@ def _markdown_table(table: pd.DataFrame, formats: dict[str, str]) -> str:
 
 
 def _arm_words(row: pd.Series) -> str:
-    return f"pretrained ({row['upstream']}/{row['pretrain_task']}, freeze={row['freeze_depth']})"
+    layers = row.get("trained_layers")
+    trains = f"; trains {layers}" if isinstance(layers, str) and layers else ""
+    return (
+        f"pretrained ({row['upstream']}/{row['pretrain_task']}, "
+        f"freeze={row['freeze_depth']}{trains})"
+    )
 
 
 def _headline(row: pd.Series, metric: str) -> str:
