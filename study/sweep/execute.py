@@ -150,9 +150,10 @@ def _load_checkpoint(store: Store, uid: str) -> dict | None:
         ) from e
 
 
-def unit_objective(unit: Unit, data: PreparedDataset) -> Objective:
-    """What `unit` trains its model to do on `data`: its pretraining task's objective, or
-    for fine-tuning the objective of the downstream's labels.
+def unit_objective(unit: Unit, label_kind: str, dataset: str) -> Objective:
+    """What `unit` trains its model to do on a dataset with `label_kind` labels (`dataset`:
+    its name, for messages): its pretraining task's objective, or for fine-tuning the
+    objective of the downstream's labels.
 
     Raises:
         DataError: the dataset's labels, or the architecture's outputs, are not what the
@@ -161,13 +162,13 @@ def unit_objective(unit: Unit, data: PreparedDataset) -> Objective:
     """
     c = unit.config
     if unit.stage == "pretrain":
-        obj = pretrain_task(c.pretrain_task).objective(data.label_kind)
+        obj = pretrain_task(c.pretrain_task).objective(label_kind)
     else:
-        obj = objective(data.label_kind)
-    obj.check_data(data.label_kind, f"{data.name} ({data.path})")
+        obj = objective(label_kind)
+    obj.check_data(label_kind, dataset)
     problem = obj.model_problem(model_info(c.architecture, **c.architecture_options))
     if problem:
-        raise DataError(f"{c.architecture} cannot train on {data.name}: {problem}")
+        raise DataError(f"{c.architecture} cannot train on {dataset}: {problem}")
     return obj
 
 
@@ -273,7 +274,7 @@ def run_finetune_unit(
     try:
         seed_everything(c.seed)
         data = open_prepared(store, c.data_key)
-        obj = unit_objective(unit, data)
+        obj = unit_objective(unit, data.label_kind, f"{data.name} ({data.path})")
         train_idx = data.train_subset(c.data_fraction, c.repeat, _folds(c.train_folds))
         val_idx, test_idx = data.split_indices("val"), data.split_indices("test")
         train, val, test = data.split(train_idx), data.split(val_idx), data.split(test_idx)
@@ -375,7 +376,7 @@ def run_pretrain_worker(
     try:
         seed_everything(c.seed)
         data = open_prepared(store, c.data_key)
-        obj = unit_objective(unit, data)
+        obj = unit_objective(unit, data.label_kind, f"{data.name} ({data.path})")
         train_idx = data.split_indices("train", _folds(c.train_folds))
         train, val = data.split(train_idx), data.split(data.split_indices("val"))
         model = create_model(

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from study.data import dataset_source, prepared_key
 from study.data.config import DatasetConfig
-from study.data.prepared import PreparedDataset, check_fingerprint, default_cache_dir, prepare
+from study.data.prepared import check_fingerprint, default_cache_dir, prepare
 from study.data.prepared import prepare_to as prepare_into
 from study.errors import ConfigError, StorageError, StudyError
 from study.schema import run_marker_path
@@ -220,7 +220,6 @@ def prepare_datasets(store: Store, spec: Spec, units: list | None = None) -> Non
     from study.sweep.execute import unit_objective
 
     local = Path(store.path("prepared")) if store.is_local else default_cache_dir()
-    opened: dict[str, PreparedDataset] = {}
     for key, (name, config) in study_datasets(spec).items():
         source = dataset_source(name)
         in_store = store.exists(f"prepared/{key}/meta.json")
@@ -241,16 +240,20 @@ def prepare_datasets(store: Store, spec: Spec, units: list | None = None) -> Non
             else:
                 path = prepare(name, cache_dir=local, config=config, progress=True)
                 store.upload_dir(path, f"prepared/{key}", last="meta.json")
-        if units is not None and store.is_local:
-            opened[key] = PreparedDataset(local / key)
+    # what each prepared dataset's labels are: its meta.json in the store (local or S3)
+    kinds: dict[str, tuple[str, str]] = {}
     seen: set[tuple] = set()
     for unit in units or []:
         c = unit.config
         check = (c.architecture, str(c.architecture_options), c.data_key, c.pretrain_task)
-        if check in seen or c.data_key not in opened:
+        if check in seen:
             continue
         seen.add(check)
-        unit_objective(unit, opened[c.data_key])
+        if c.data_key not in kinds:
+            meta = store.read_json(f"prepared/{c.data_key}/meta.json")
+            kinds[c.data_key] = (meta.get("label_kind", "multi_label"), meta["name"])
+        label_kind, name = kinds[c.data_key]
+        unit_objective(unit, label_kind, f"{name} ({store.uri}/prepared/{c.data_key})")
 
 
 # --- Ray ------------------------------------------------------------------------------------

@@ -384,17 +384,11 @@ class PretrainTask:
         self.label_set = label_set
 
     def objective(self, label_kind: str) -> Objective:
-        """The objective this task trains on data of `label_kind`.
-
-        Raises:
-            DataError: the data's labels are not what the task needs.
-        """
+        """The objective this task trains on data of `label_kind` (whether the data fits it
+        is the objective's `check_data`)."""
         if self.objective_name is None:  # classification: the data's own kind of labels
-            obj = objective(label_kind)
-        else:
-            obj = objective(self.objective_name)
-        obj.check_data(label_kind, f"an upstream prepared for the {self.name} task")
-        return obj
+            return objective(label_kind)
+        return objective(self.objective_name)
 
     def option_names(self) -> list[str]:
         """The options `pretrain.task_options.<name>` may set (none, but for future)."""

@@ -103,3 +103,33 @@ def test_a_dataset_in_both_roles_trains_on_disjoint_patients(study):
     held_out = set(patients[data.split_indices("val")]) | set(patients[data.split_indices("test")])
     assert up and down and not up & down
     assert not (up | down) & held_out
+
+
+def test_a_units_objective_is_checked_against_its_datas_labels():
+    from study.errors import DataError
+    from study.sweep.execute import unit_objective
+    from study.sweep.load import parse_spec
+    from study.sweep.plan import make_plan
+
+    spec = parse_spec(
+        {
+            "name": "kinds",
+            "architectures": [{"name": "unet1d", "options": {"base_width": 4, "depth": 2}}],
+            "upstream": ["cpsc2019"],
+            "downstream": ["cpsc2019_noisy"],
+            "self_pairs": "patient_disjoint",
+            "datasets": {
+                "cpsc2019": {"source": "/data/cpsc2019"},
+                "cpsc2019_noisy": {"dataset": "cpsc2019", "source": "/data/cpsc2019"},
+            },
+            "pretrain": {"task": "qrs"},
+            "finetune": {"repeats": 1},
+        }
+    )
+    plan = make_plan(spec)
+    pre, fine = plan.by_stage("pretrain")[0], plan.by_stage("finetune")[0]
+    assert unit_objective(pre, "per_sample", "cpsc2019").name == "per_sample"
+    with pytest.raises(DataError, match="per_sample objective needs per_sample labels, but d"):
+        unit_objective(pre, "multi_label", "d")
+    with pytest.raises(DataError, match="unet1d cannot train on d: it gives per_sample outputs"):
+        unit_objective(fine, "multi_label", "d")
