@@ -46,6 +46,7 @@ import os
 import shutil
 import uuid
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -471,7 +472,7 @@ class PreparedDataset:
         axis (input_shape gives the whole shape)."""
         return int(self.signals.shape[-1])
 
-    def split_indices(self, split: str, folds: list[int] | None = None) -> np.ndarray:
+    def split_indices(self, split: str, folds: Sequence[int] | None = None) -> np.ndarray:
         """Indices of the records in `split` ("train", "val" or "test"), optionally only
         those of `folds` (a patient-disjoint part of the split)."""
         if split not in ("train", "val", "test"):
@@ -486,7 +487,7 @@ class PreparedDataset:
         return idx
 
     def train_subset(
-        self, fraction: float, repeat: int, folds: list[int] | None = None
+        self, fraction: float, repeat: int, folds: Sequence[int] | None = None
     ) -> np.ndarray:
         """The nested, stratified training subset of (fraction, repeat), within `folds`."""
         train = self.split_indices("train", folds)

@@ -27,7 +27,7 @@ import torch
 
 from study.data import PreparedDataset, dataset_source
 from study.data.prepared import cache_folder, default_cache_dir
-from study.errors import DataError, TrainingError
+from study.errors import DataError, StorageError, TrainingError
 from study.models import create_model, model_info
 from study.schema import (
     EPOCHS_SCHEMA,
@@ -84,9 +84,10 @@ def open_prepared(store: Store, key: str) -> PreparedDataset:
     if store.is_local:
         path = Path(store.path(rel))
     else:
-        if not store.exists(f"{rel}/meta.json"):
-            raise DataError(f"prepared dataset {key} is not in store {store.uri}")
-        fingerprint = store.read_json(f"{rel}/meta.json").get("source_fingerprint")
+        try:
+            fingerprint = store.read_json(f"{rel}/meta.json").get("source_fingerprint")
+        except StorageError as e:
+            raise DataError(f"prepared dataset {key} is not in store {store.uri}: {e}") from e
         path = default_cache_dir() / cache_folder(key, fingerprint)
         if not (path / "meta.json").exists():
             tmp = path.parent / f".tmp-{os.getpid()}-{time.time_ns()}"
@@ -275,7 +276,7 @@ def run_finetune_unit(
         seed_everything(c.seed)
         data = open_prepared(store, c.data_key)
         obj = unit_objective(unit, data.label_kind, f"{data.name} ({data.path})")
-        train_idx = data.train_subset(c.data_fraction, c.repeat, _folds(c.train_folds))
+        train_idx = data.train_subset(c.data_fraction, c.repeat, c.train_folds)
         val_idx, test_idx = data.split_indices("val"), data.split_indices("test")
         train, val, test = data.split(train_idx), data.split(val_idx), data.split(test_idx)
         info = model_info(c.architecture, **c.architecture_options)
@@ -343,10 +344,6 @@ def run_finetune_unit(
         raise
 
 
-def _folds(folds: tuple[int, ...] | None) -> list[int] | None:
-    return list(folds) if folds is not None else None
-
-
 def _targets(rows) -> np.ndarray:
     """What the test metrics compare with: the labels, or the per-sample targets (read
     whole: the per-sample splits scored here are small, e.g. CPSC 2019's records)."""
@@ -377,7 +374,7 @@ def run_pretrain_worker(
         seed_everything(c.seed)
         data = open_prepared(store, c.data_key)
         obj = unit_objective(unit, data.label_kind, f"{data.name} ({data.path})")
-        train_idx = data.split_indices("train", _folds(c.train_folds))
+        train_idx = data.split_indices("train", c.train_folds)
         train, val = data.split(train_idx), data.split(data.split_indices("val"))
         model = create_model(
             c.architecture,

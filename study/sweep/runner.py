@@ -29,8 +29,7 @@ from tqdm.auto import tqdm
 
 from study.data import dataset_source, prepared_key
 from study.data.config import DatasetConfig
-from study.data.prepared import check_fingerprint, default_cache_dir, prepare
-from study.data.prepared import prepare_to as prepare_into
+from study.data.prepared import cache_folder, check_fingerprint, default_cache_dir, prepare_to
 from study.errors import ConfigError, StorageError, StudyError
 from study.schema import run_marker_path
 from study.store import Store
@@ -234,11 +233,12 @@ def prepare_datasets(store: Store, spec: Spec, units: list | None = None) -> Non
             )
         elif not in_store:
             _log(f"preparing dataset {name} ({key})")
-            fingerprint = source.fingerprint(config, progress=True)
+            fingerprint = source.fingerprint(config, progress=True)  # walked once
             if store.is_local:
-                prepare_into(name, config, local / key, fingerprint, progress=True)
+                prepare_to(name, config, local / key, fingerprint, progress=True)
             else:
-                path = prepare(name, cache_dir=local, config=config, progress=True)
+                dest = local / cache_folder(key, fingerprint)
+                path = prepare_to(name, config, dest, fingerprint, progress=True)
                 store.upload_dir(path, f"prepared/{key}", last="meta.json")
     # what each prepared dataset's labels are: its meta.json in the store (local or S3)
     kinds: dict[str, tuple[str, str]] = {}
