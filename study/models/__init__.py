@@ -18,6 +18,6 @@ from study.models import (  # noqa: F401
     unet1d,
 )
 from study.models._base import ECGModel
-from study.models._factory import create_model, list_models, model_info
+from study.models._factory import create_model, list_models, model_info, model_revision
 
-__all__ = ["create_model", "list_models", "ECGModel", "model_info"]
+__all__ = ["create_model", "list_models", "ECGModel", "model_info", "model_revision"]

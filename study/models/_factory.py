@@ -30,6 +30,7 @@ __all__ = [
     "list_models",
     "model_info",
     "register_variant",
+    "model_revision",
 ]
 
 
@@ -47,6 +48,9 @@ class ModelVariant:
         defaults: the default of every option, and of every size that has one (the
             variant's, else `ECGModel`'s: input_length=None).
         doc: one line on what the variant is (its former factory's docstring).
+        revision: bumped whenever the model a (name, options) builds changes; a unit's id
+            includes it from revision 2 on, so a result of the earlier model is never taken
+            for one of this model (a study planned before refuses to resume: its ids moved).
     """
 
     name: str
@@ -55,6 +59,7 @@ class ModelVariant:
     option_names: tuple[str, ...]
     defaults: Mapping[str, Any]
     doc: str
+    revision: int = 1
 
     def resolve(
         self, options: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
@@ -133,6 +138,7 @@ def register_variant(
     fixed: Mapping[str, Any] | None = None,
     defaults: Mapping[str, Any] | None = None,
     doc: str,
+    revision: int = 1,
 ) -> ModelVariant:
     """Register `builder` with `fixed` arguments as model `name`.
 
@@ -144,6 +150,8 @@ def register_variant(
         fixed: a value for every structural argument without default.
         defaults: options or sizes whose default differs from the builder's (e.g. one lead).
         doc: one line on what the variant is; kept on the variant.
+        revision: the model's revision (`ModelVariant.revision`); bump it when what the
+            variant builds changes.
 
     Returns:
         The variant (callable: it builds the model).
@@ -186,9 +194,19 @@ def register_variant(
             resolved | _SIZE_DEFAULTS | {k: defaults[k] for k in SIZES if k in defaults}
         ),
         doc=doc,
+        revision=revision,
     )
     MODELS.register(variant, name=name)
     return variant
+
+
+def model_revision(name: str) -> int:
+    """The revision of model `name` (`ModelVariant.revision`).
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    return MODELS.get(name).revision
 
 
 def list_models() -> list[str]:

@@ -2,9 +2,15 @@
 
 Same layout as torchvision (stem conv k7 s2 + max pool, four stages, stride 2 from the second
 stage on, 1x1 projection shortcut where the shape changes, stride on the 3-tap conv of a
-bottleneck) with Conv1d/BatchNorm1d, and a two-layer head:
-global average pool -> Linear(F, F) -> ReLU -> Linear(F, num_classes), F = 8 * base_width *
-expansion (512 for resnet1d18 at the default width).
+bottleneck) with Conv1d/BatchNorm1d, and the two-layer head of Nguyen & Do's models
+(cuongvng/transfer-learning-ecg-diagnosis: pretrain/resnet50.py, downstream/resnet1d18.py,
+downstream/resnet1d101.py): global average pool -> Linear(F, E) -> ReLU -> Linear(E,
+num_classes), F = 8 * base_width * expansion (512 for resnet1d18, 2048 for resnet1d50/101 at
+the default width), E = embedding_size (512, theirs, whatever the depth).
+
+Parameters at 12 leads and 5 classes (PTB-XL superdiagnostic), the defaults, equal to the
+authors' models: resnet1d18 4,114,053; resnet1d50 17,010,821; resnet1d101 29,318,277
+(tests/models/test_paper_models.py counts them by hand from their layer list).
 """
 
 from __future__ import annotations
@@ -82,11 +88,13 @@ class ResNet1d(ECGModel):
         block: `BasicBlock1d` or `Bottleneck1d`.
         layers: blocks per stage (four stages).
         base_width: width of the stem and first stage; stage i has base_width * 2**i planes.
+        embedding_size: width of the head's hidden layer (the authors' `embedding_size`: 512
+            for every depth, so 2048 -> 512 for the bottleneck variants).
         **sizes: name, in_channels, num_classes and input_length (`ModelSizes`); the global
             pool accepts any length, so input_length is recorded in `config` only.
 
     Raises:
-        ConfigError: a size or base_width is not a positive int.
+        ConfigError: a size, base_width or embedding_size is not a positive int.
     """
 
     def __init__(
@@ -95,10 +103,14 @@ class ResNet1d(ECGModel):
         layers: tuple[int, ...],
         *,
         base_width: int = 64,
+        embedding_size: int = 512,
         **sizes: Unpack[ModelSizes],
     ) -> None:
-        super().__init__(options={"base_width": base_width}, **sizes)
+        super().__init__(
+            options={"base_width": base_width, "embedding_size": embedding_size}, **sizes
+        )
         positive_int(base_width, "base_width", self.name)
+        positive_int(embedding_size, "embedding_size", self.name)
         self.stem, self.stages, features = resnet_trunk(
             lambda cin, planes, stride, _stage: block(cin, planes, stride),
             block.expansion,
@@ -113,9 +125,9 @@ class ResNet1d(ECGModel):
             OrderedDict(
                 pool=nn.AdaptiveAvgPool1d(1),
                 flatten=nn.Flatten(1),
-                hidden=nn.Linear(features, features),
+                hidden=nn.Linear(features, embedding_size),
                 act=nn.ReLU(inplace=True),
-                fc=nn.Linear(features, self.num_classes),
+                fc=nn.Linear(embedding_size, self.num_classes),
             )
         )
         for m in self.modules():  # torchvision's initialisation
@@ -126,21 +138,29 @@ class ResNet1d(ECGModel):
                 nn.init.zeros_(m.bias)
 
 
+# Revision 2: the head's hidden layer is embedding_size (512) wide, as the authors' models,
+# not F wide (revision 1 built Linear(F, F): 3.2M parameters too many at ResNet-50, and at
+# base_width < 64 a narrower ResNet-18 head). Results of revision 1 are not these models'.
+_HEAD_REVISION = 2
+
 resnet1d18 = register_variant(
     "resnet1d18",
     ResNet1d,
     fixed={"block": BasicBlock1d, "layers": (2, 2, 2, 2)},
     doc="ResNet-18 in 1-D: BasicBlock, [2, 2, 2, 2]; ~4.1M parameters at base_width=64, 12 leads.",
+    revision=_HEAD_REVISION,
 )
 resnet1d50 = register_variant(
     "resnet1d50",
     ResNet1d,
     fixed={"block": Bottleneck1d, "layers": (3, 4, 6, 3)},
-    doc="ResNet-50 in 1-D: Bottleneck (expansion 4), [3, 4, 6, 3].",
+    doc="ResNet-50 in 1-D: Bottleneck, [3, 4, 6, 3]; ~17.0M parameters at 12 leads.",
+    revision=_HEAD_REVISION,
 )
 resnet1d101 = register_variant(
     "resnet1d101",
     ResNet1d,
     fixed={"block": Bottleneck1d, "layers": (3, 4, 23, 3)},
-    doc="ResNet-101 in 1-D: Bottleneck (expansion 4), [3, 4, 23, 3].",
+    doc="ResNet-101 in 1-D: Bottleneck, [3, 4, 23, 3]; ~29.3M parameters at 12 leads.",
+    revision=_HEAD_REVISION,
 )

@@ -161,7 +161,7 @@ def test_model_info() -> None:
     info = model_info("resnet1d18")
     assert info["freeze_groups"] == ("stem", "stages.0", "stages.1", "stages.2", "stages.3")
     assert info["max_freeze_depth"] == 5
-    assert info["options"] == {"base_width": 64}
+    assert info["options"] == {"base_width": 64, "embedding_size": 512}
     assert info["head_prefixes"] == ("head.",)
     info = model_info("gru")  # no input_length needed, even with the flatten head
     assert info["freeze_groups"] == ("stages.0",)

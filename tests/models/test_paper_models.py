@@ -1,5 +1,9 @@
-"""Checks of the paper architectures against their definitions: Weimann & Conrad's ResNets,
-Huerta et al.'s AlexNet, the lead-II autoencoder, and the QRS U-Net with its peak picking."""
+"""Checks of the paper architectures against their definitions: Nguyen & Do's ResNets and
+recurrent nets, Weimann & Conrad's ResNets, Huerta et al.'s AlexNet, the lead-II autoencoder,
+and the QRS U-Net with its peak picking.
+
+Every registered architecture has its parameter count computed by hand from a layer list
+(`HAND_COUNTED`), at its paper's input: a wrong width or head moves the count."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import torch
 from torch import nn
 
 from study.errors import ConfigError, DataError
-from study.models import create_model
+from study.models import create_model, list_models
 from study.models.alexnet2d import LAYERS
 from study.models.resnet_v2 import SameConv1d, SameMaxPool1d, resnet18v2
 from study.models.unet1d import qrs_positions
@@ -45,6 +49,15 @@ def linear(fin: int, fout: int) -> int:
     return fin * fout + fout
 
 
+def conv_transpose(cin: int, cout: int, k: int, bias: bool = False) -> int:
+    return cin * cout * k + (cout if bias else 0)
+
+
+def recurrent(gates: int, cin: int, hidden: int) -> int:
+    """One direction of one nn.GRU (3 gates) / nn.LSTM (4 gates) layer, both biases."""
+    return gates * (hidden * cin + hidden * hidden + 2 * hidden)
+
+
 def weimann_resnet(blocks: tuple[int, ...], bottleneck: bool, leads: int, classes: int) -> int:
     """transplant/modules/resnet1d.py: ResNet(blocks, kernel_size=(7, 5, 5, 3)) + Dense."""
     n = conv(leads, 64, 7) + bn(64)  # conv1, bn1
@@ -78,8 +91,147 @@ def weimann_resnet(blocks: tuple[int, ...], bottleneck: bool, leads: int, classe
 def test_resnet_v2_parameter_count(name, blocks, bottleneck, expected) -> None:
     assert weimann_resnet(blocks, bottleneck, leads=1, classes=2) == expected
     assert _count(_meta(name, in_channels=1, num_classes=2)) == expected
+    # Their fine-tuning input: one lead, CinC 2017's four classes (N, A, O, ~).
+    four = weimann_resnet(blocks, bottleneck, leads=1, classes=4)
+    assert _count(_meta(name, in_channels=1, num_classes=4)) == four
     twelve = weimann_resnet(blocks, bottleneck, leads=12, classes=5)
     assert _count(_meta(name, in_channels=12, num_classes=5)) == twelve
+
+
+# ---- Nguyen & Do 2024 (cuongvng/transfer-learning-ecg-diagnosis) --------------------------
+
+# Their input: 12 leads x 1000 samples (100 Hz x 10 s); their default num_classes=5 (PTB-XL
+# superdiagnostic). Counts derived by hand from their layer lists at 12 leads / 5 classes:
+#   resnet1d18   4,114,053  (trunk 3,848,832; head 512 -> 512 -> 5: 262,656 + 2,565)
+#   resnet1d50  17,010,821  (trunk 15,959,168; head 2048 -> 512 -> 5: 1,049,088 + 2,565)
+#   resnet1d101 29,318,277  (trunk 28,266,624; head as resnet1d50)
+#   gru            534,205  (GRU(12, 100) 34,200; Linear(1000 * 100, 5) 500,005)
+#   lstm           545,605  (LSTM(12, 100) 45,600; Linear(1000 * 100, 5) 500,005)
+#   bilstm       1,091,205  (2 x 45,600; Linear(1000 * 200, 5) 1,000,005)
+# Before the head was fixed (hidden layer Linear(2048, 2048)), resnet1d50 had 20,165,765 and
+# resnet1d101 32,473,221.
+NGUYEN_DO = {"in_channels": 12, "num_classes": 5, "input_length": 1000}
+
+
+def nguyen_do_resnet(blocks: tuple[int, ...], bottleneck: bool, leads: int, classes: int) -> int:
+    """pretrain/resnet50.py, downstream/resnet1d101.py, downstream/resnet1d18.py: torchvision's
+    ResNet in 1-D (stem conv k7 + BN, Bottleneck width = planes, stride on the 3-tap conv,
+    conv1x1 + BN downsample when stride != 1 or inplanes != planes * expansion), then
+    avgpool -> fc1 = Linear(512 * expansion, embedding_size=512) -> ReLU -> fc2."""
+    expansion = 4 if bottleneck else 1
+    n = conv(leads, 64, 7) + bn(64)  # conv1, bn1
+    inplanes = 64
+    for stage, (count, planes) in enumerate(zip(blocks, (64, 128, 256, 512), strict=True)):
+        for b in range(count):
+            stride = 2 if b == 0 and stage > 0 else 1
+            out = planes * expansion
+            if bottleneck:
+                n += conv(inplanes, planes, 1) + bn(planes)
+                n += conv(planes, planes, 3) + bn(planes)
+                n += conv(planes, out, 1) + bn(out)
+            else:
+                n += conv(inplanes, planes, 3) + bn(planes) + conv(planes, planes, 3) + bn(planes)
+            if stride != 1 or inplanes != out:  # their _make_layer rule
+                n += conv(inplanes, out, 1) + bn(out)
+            inplanes = out
+    return n + linear(512 * expansion, 512) + linear(512, classes)
+
+
+def nguyen_do_recurrent(gates: int, directions: int, leads: int, classes: int) -> int:
+    """pretrain/lstm.py (LSTM, BiLSTM), downstream/gru.py: one layer of hidden 100 (their
+    dropout=0.3 has no parameters and no effect on one layer), then fc = Linear(seq_len *
+    directions * 100, classes) over every time step, seq_len 1000."""
+    return directions * recurrent(gates, leads, 100) + linear(1000 * directions * 100, classes)
+
+
+@pytest.mark.parametrize(
+    ("name", "authors", "expected"),
+    [
+        ("resnet1d18", lambda c: nguyen_do_resnet((2, 2, 2, 2), False, 12, c), 4_114_053),
+        ("resnet1d50", lambda c: nguyen_do_resnet((3, 4, 6, 3), True, 12, c), 17_010_821),
+        ("resnet1d101", lambda c: nguyen_do_resnet((3, 4, 23, 3), True, 12, c), 29_318_277),
+        ("gru", lambda c: nguyen_do_recurrent(3, 1, 12, c), 534_205),
+        ("lstm", lambda c: nguyen_do_recurrent(4, 1, 12, c), 545_605),
+        ("bilstm", lambda c: nguyen_do_recurrent(4, 2, 12, c), 1_091_205),
+    ],
+)
+def test_nguyen_do_parameter_count(name, authors, expected) -> None:
+    assert authors(5) == expected  # the authors' model at their num_classes=5
+    assert _count(_meta(name, **NGUYEN_DO)) == expected
+    # Their downstream heads (CPSC 2018: 9 classes, Georgia: 10, PTB: 2) replace only fc2/fc.
+    for classes in (9, 10, 2):
+        assert _count(_meta(name, **(NGUYEN_DO | {"num_classes": classes}))) == authors(classes)
+
+
+def test_nguyen_do_resnet_head_is_the_authors() -> None:
+    model = _meta("resnet1d50", **NGUYEN_DO)
+    assert (model.head.hidden.in_features, model.head.hidden.out_features) == (2048, 512)
+    assert (model.head.fc.in_features, model.head.fc.out_features) == (512, 5)
+    assert model.config["options"] == {"base_width": 64, "embedding_size": 512}
+    narrow = _meta("resnet1d18", **NGUYEN_DO, embedding_size=128)
+    assert narrow.head.hidden.out_features == narrow.head.fc.in_features == 128
+    with pytest.raises(ConfigError, match="embedding_size must be a positive int for resnet1d18"):
+        _meta("resnet1d18", **NGUYEN_DO, embedding_size=0)
+
+
+# ---- cae and unet1d: our layer lists (no reference code) ----------------------------------
+
+
+def cae(leads: int, classes: int, base: int, depth: int, k: int, decoder: bool) -> int:
+    """autoencoder.py's layer list: stem, `depth` stride-2 stages, pooled linear head, and
+    the mirrored decoder (transposed convs without bias, then a biased output conv)."""
+    widths = [base * 2**i for i in range(depth + 1)]
+    n = conv(leads, widths[0], k) + bn(widths[0])
+    n += sum(conv(widths[i], widths[i + 1], k) + bn(widths[i + 1]) for i in range(depth))
+    n += linear(widths[-1], classes)
+    if decoder:
+        n += sum(conv_transpose(widths[i + 1], widths[i], k) + bn(widths[i]) for i in range(depth))
+        n += conv(widths[0], leads, k, bias=True)
+    return n
+
+
+def unet(leads: int, classes: int, base: int, depth: int, k: int) -> int:
+    """unet1d.py's layer list: double convs down, per level a biased transposed conv x2 and
+    a double conv up, a per-sample linear head."""
+
+    def double(cin: int, cout: int) -> int:
+        return conv(cin, cout, k) + bn(cout) + conv(cout, cout, k) + bn(cout)
+
+    widths = [base * 2**i for i in range(depth + 1)]
+    n = double(leads, widths[0])
+    n += sum(double(widths[i], widths[i + 1]) for i in range(depth))
+    for i in range(depth):
+        c = widths[i + 1]
+        n += conv_transpose(c, c // 2, 2, bias=True) + double(c, c // 2)
+    return n + linear(widths[0], classes)
+
+
+def test_cae_parameter_count() -> None:
+    # Jang et al.: lead II, Chapman's 11 rhythm classes, base_width 16, depth 4 (jang_2021.yaml).
+    paper = {"in_channels": 1, "num_classes": 11, "base_width": 16, "depth": 4}
+    assert _count(_meta("cae", **paper)) == cae(1, 11, 16, 4, 7, True) == 613_804
+    no_decoder = _meta("cae", **paper, with_decoder=False)
+    assert _count(no_decoder) == cae(1, 11, 16, 4, 7, False) == 308_571
+
+
+def test_unet1d_parameter_count() -> None:
+    # The QRS study: one lead (CPSC 2019), one logit per sample, the defaults (qrs_noise.yaml).
+    assert _count(_meta("unet1d", in_channels=1, num_classes=1)) == unet(1, 1, 16, 4, 9)
+    assert unet(1, 1, 16, 4, 9) == 1_855_249
+
+
+#: Every registered architecture, by the test that counts its parameters by hand.
+HAND_COUNTED = {
+    *("resnet1d18", "resnet1d50", "resnet1d101", "gru", "lstm", "bilstm"),  # nguyen_do
+    *("resnet18v2", "resnet34v2", "resnet50v2"),  # test_resnet_v2_parameter_count
+    "alexnet2d",  # test_alexnet2d_parameter_count
+    "cae",  # test_cae_parameter_count
+    "unet1d",  # test_unet1d_parameter_count
+}
+
+
+def test_every_registered_architecture_is_counted_by_hand() -> None:
+    assert sorted(HAND_COUNTED) == list_models()
 
 
 def test_resnet_v2_defaults_to_one_lead_and_a_single_linear_head() -> None:

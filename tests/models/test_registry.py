@@ -69,7 +69,7 @@ def test_every_variant_has_a_doc_and_defaults_for_its_options(name: str) -> None
 @pytest.mark.parametrize(
     ("name", "options"),
     [
-        ("resnet1d18", ("base_width",)),
+        ("resnet1d18", ("base_width", "embedding_size")),
         ("resnet18v2", ("base_width",)),
         ("gru", ("hidden_size", "head")),
         ("alexnet2d", ("base_width", "hidden_size", "dropout")),
