@@ -31,6 +31,21 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             print(f"      {axis:<14} {shown}")
     for why in plan.excluded:
         print(f"  excluded: {why}")
+    n_pre = counts["stages"]["pretrain"]["units"]
+    if n_pre:
+        seeds = spec.pretrain.repeats
+        print(
+            f"  cost: {n_pre} pretraining runs of up to {spec.pretrain.epochs} epochs on "
+            f"{spec.pretrain.num_workers} DDP workers each"
+            + (
+                f" ({seeds} pretraining seeds, pretrain.repeats: fine-tuning repeat r starts "
+                f"from seed r mod {seeds}; {n_pre // seeds} runs with one seed)"
+                if seeds > 1
+                else ""
+            )
+        )
+    n_fit = counts["total"] - n_pre
+    print(f"  cost: {n_fit} fine-tuning / from-scratch runs of up to {spec.finetune.epochs} epochs")
     print(f"total {counts['total']}")
     return 0
 
@@ -101,6 +116,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
     from study.data import dataset_source, list_datasets
+    from study.data.sources import describe_split
 
     for name in list_datasets():
         source = dataset_source(name)
@@ -108,7 +124,10 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
             print(f"{name:<14} {source.kind} (built in)")
             continue
         sets = ", ".join(source.label_sets) or "-"
-        print(f"{name:<14} {source.kind}; label sets: {sets}; {source.url} ({source.licence})")
+        print(
+            f"{name:<14} {source.kind}; label sets: {sets}; {source.url} ({source.licence}); "
+            f"{describe_split(source.split_by, source.split_basis)}"
+        )
     return 0
 
 
@@ -142,6 +161,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
 
     from study.data import prepare
     from study.data.config import DatasetConfig
+    from study.data.sources import dataset_source, describe_split
     from study.errors import ConfigError
 
     pre = {
@@ -186,6 +206,10 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     for caveat in report.get("caveats", []):
         print(f"  caveat: {caveat}")
     print(f"  splits: {meta['split_counts']} ({meta['split_rule']})")
+    if "split_by" in meta:
+        print(f"  {describe_split(meta['split_by'], meta['split_basis'])}")
+    else:  # a copy prepared before meta.json recorded it: the source's declaration
+        print(f"  {dataset_source(args.name).describe_split()}")
     if report:
         print(
             f"  listed {report['records_listed']}, dropped without a label "

@@ -16,7 +16,9 @@ fingerprint of its source folder too: `cache_folder`):
                     (what the source folder held; null for synthetic data), report (what was
                     dropped and why, caveats, frames), classes, label_kind, input_kind,
                     input_shape, lead_names, fs, n_records (= N), n_patients, split_rule,
-                    split_counts
+                    split_counts, split_by and split_basis (the source's: "patient" and
+                    where the ids come from, or "record" and why there are none; absent from
+                    caches written before they were added, which moved no cache key)
 
 meta.json's label_kind says what a row's label is: "multi_label" (any number of classes),
 "single_label" (exactly one class: a one-hot row) or "per_sample" (the target is the row of
@@ -402,6 +404,9 @@ def _write(
         "n_patients": int(table.patient_id.nunique()),
         "split_rule": "official folds; 1-8/9/10" if (official > 0).all() else split_rule(labels),
         "split_counts": table.split.value_counts().to_dict(),
+        # What the patient_id the folds group by really is (not in the key: no cache moves).
+        "split_by": dataset_source(name).split_by,
+        "split_basis": dataset_source(name).split_basis,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
 

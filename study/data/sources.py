@@ -6,6 +6,12 @@ it reads a downloaded folder), what of it enters the prepared cache's key (its v
 a folder, a fingerprint of the folder's content), and how to stream its records as rows of
 the prepared cache (`open`).
 
+Every source says what its patient-level split really groups by (`split_by`): "patient"
+where the dataset identifies patients, "record" where it publishes no patient ids, so each
+record stands for its own patient and one patient's records may land in different splits.
+`split_basis` says where the patient ids come from, or why there are none; the prepared
+cache records both in meta.json and `study data prepare` prints `describe_split`.
+
 The fingerprint (`folder_fingerprint`) hashes the relative path and the size of every file
 under the folder, so moving or copying the folder keeps it, and adding, removing, renaming or
 resizing a file changes it. Hidden names (".*": e.g. the downloader's index) and unfinished
@@ -23,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -33,6 +39,9 @@ from study.data.records import Rows, RowSource, Signal
 from study.errors import ConfigError, DataError
 
 __all__ = [
+    "SPLIT_BY",
+    "SplitBy",
+    "describe_split",
     "DatasetSource",
     "SyntheticSource",
     "ReaderSource",
@@ -41,6 +50,36 @@ __all__ = [
     "list_datasets",
     "folder_fingerprint",
 ]
+
+
+#: What a "patient-level" split groups by: patients, or records where there are no patient ids.
+SplitBy = Literal["patient", "record"]
+SPLIT_BY: tuple[str, ...] = get_args(SplitBy)
+
+
+def describe_split(split_by: str, basis: str) -> str:
+    """The one-line account of a split: "split by patient (patient_id of ...)" or
+    "split by record: CinC 2017 publishes no patient ids"."""
+    if split_by == "patient":
+        return f"split by patient ({basis})"
+    return f"split by {split_by}: {basis}"
+
+
+def _declared_split(owner: type, name: str) -> tuple[SplitBy, str]:
+    """`owner`'s (split_by, split_basis), checked: every source must declare them.
+
+    Raises:
+        ConfigError: one is missing, split_by is not one of SPLIT_BY, or the basis is empty.
+    """
+    split_by = getattr(owner, "split_by", None)
+    basis = getattr(owner, "split_basis", None)
+    if split_by not in SPLIT_BY or not isinstance(basis, str) or not basis.strip():
+        raise ConfigError(
+            f"dataset {name!r} ({owner.__name__}) must declare split_by, one of "
+            f"{', '.join(SPLIT_BY)}, and a non-empty split_basis (where its patient ids come "
+            f"from, or why it has none); got split_by={split_by!r}, split_basis={basis!r}"
+        )
+    return split_by, basis
 
 
 @dataclass(frozen=True)
@@ -115,6 +154,10 @@ class DatasetSource:
         frame_label_sets: the label sets whose rows are frames cut from each record.
         caveats: what a user of the prepared data must know (copied into its report).
         url, licence: where it comes from and on what terms.
+        recordings: the collection of recordings it reads (its own name unless another
+            source publishes the same recordings, e.g. cpsc2018_original and the CinC 2020
+            copy of CPSC 2018, cpsc2018): two sources with the same recordings hold the same
+            patients, so a study never pairs one as upstream of the other.
     """
 
     name: str
@@ -127,12 +170,20 @@ class DatasetSource:
     licence: str = ""
 
     @property
+    def recordings(self) -> str:
+        return self.name
+
+    @property
     def reads_folder(self) -> bool:
         """Whether preparing it reads a downloaded folder (`DatasetConfig.source`)."""
         return self.kind == "real"
 
     def default_label_set(self) -> str | None:
         return next(iter(self.label_sets), None)
+
+    def describe_split(self) -> str:
+        """`describe_split` of this source's split_by and split_basis."""
+        return describe_split(self.split_by, self.split_basis)
 
     def label_kind(self, label_set: str | None) -> str:
         """The kind of `label_set` (study.data.records.LABEL_KINDS).
@@ -171,6 +222,8 @@ class SyntheticSource(DatasetSource):
     """A built-in synthetic domain (study.data.synthetic): generated, never downloaded."""
 
     kind = "synthetic"
+    split_by = "patient"
+    split_basis = "patient_id: the generator's patients"
 
     def __init__(self, name: str) -> None:
         from study.data import synthetic
@@ -220,8 +273,13 @@ class ReaderSource(DatasetSource):
         self.label_sets = reader.label_sets
         self.frame_label_sets = tuple(reader.frame_label_sets)
         self.caveats = tuple(reader.caveats)
+        self.split_by, self.split_basis = _declared_split(reader, reader.name)
         self.url = reader.source
         self.licence = reader.licence
+
+    @property
+    def recordings(self) -> str:
+        return getattr(self.reader, "recordings", self.name)
 
     @property
     def option_defaults(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ __all__ = [
     "assign_folds",
     "primary_label",
     "nested_subset",
+    "nested_patient_subset",
     "split_rule",
 ]
 
@@ -80,10 +81,16 @@ def assign_folds(labels: np.ndarray, patient_id: np.ndarray, seed: int) -> np.nd
 
 
 def split_rule(labels: np.ndarray) -> str:
-    """How `assign_folds` splits a dataset with these labels, in words (kept in meta.json)."""
+    """How `assign_folds` splits a dataset with these labels, in words (kept in meta.json).
+
+    A group is a patient_id: a patient, or a record where the dataset has no patient ids
+    (meta.json's split_by says which)."""
     if np.bincount(primary_label(labels)).max() < N_FOLDS:
-        return "patients dealt at random into 10 folds (too few per class to stratify); 1-8/9/10"
-    return "StratifiedGroupKFold(10) by patient on the rarest label; 1-8/9/10"
+        return (
+            "patient_id groups dealt at random into 10 folds (too few per class to "
+            "stratify); 1-8/9/10"
+        )
+    return "StratifiedGroupKFold(10) grouped by patient_id on the rarest label; 1-8/9/10"
 
 
 def nested_subset(
@@ -118,3 +125,50 @@ def nested_subset(
         members = members[rng.permutation(len(members))]
         chosen.append(members[: max(1, int(np.ceil(fraction * len(members))))])
     return np.sort(np.concatenate(chosen))
+
+
+def nested_patient_subset(
+    idx: np.ndarray,
+    labels: np.ndarray,
+    patient_id: np.ndarray,
+    fraction: float,
+    repeat: int,
+    dataset: str,
+    salt: str = "val",
+) -> np.ndarray:
+    """A patient-level, stratified, nested subset of the records `idx` (e.g. the validation
+    split subsampled with a training fraction: `finetune.val_fraction: match`).
+
+    Patients, not records, are drawn: each patient is stratified by the primary label of
+    its records taken together, each stratum is shuffled once per (dataset, repeat, salt),
+    and the subset keeps the first ceil(fraction * n) patients of every stratum (at least
+    one) with all their records. A smaller fraction's subset lies inside a larger one's.
+
+    Args:
+        idx: indices of the records to draw from (one split).
+        labels: (N, K) labels of the whole dataset.
+        patient_id: (N,) patient of each record of the whole dataset.
+        fraction: in (0, 1]; 1 keeps every record.
+        repeat: the repeat number (the seed of the subset).
+        dataset: the dataset name, mixed into the seed.
+        salt: tells this draw apart from other draws of one (dataset, repeat).
+
+    Returns:
+        Sorted indices into the dataset.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"data fraction must be in (0, 1], got {fraction}")
+    idx = np.sort(np.asarray(idx))
+    if fraction == 1.0:
+        return idx
+    patients, inverse = np.unique(np.asarray(patient_id)[idx], return_inverse=True)
+    per_patient = np.zeros((len(patients), labels.shape[1]), dtype=bool)
+    np.logical_or.at(per_patient, inverse, np.asarray(labels[idx], dtype=bool))
+    strata = primary_label(per_patient)
+    rng = np.random.default_rng([repeat, zlib.crc32(f"{dataset}/{salt}".encode())])
+    keep = np.zeros(len(patients), dtype=bool)
+    for s in np.unique(strata):
+        members = np.flatnonzero(strata == s)
+        members = members[rng.permutation(len(members))]
+        keep[members[: max(1, int(np.ceil(fraction * len(members))))]] = True
+    return idx[keep[inverse]]

@@ -1,11 +1,14 @@
-"""Prepared cache, patient-level splits and nested fractions."""
+"""Prepared cache, patient-level splits (and what they group by) and nested fractions."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from study.data import PreparedDataset, list_datasets, prepare, prepared_key
+from study.cli import main
+from study.data import PreparedDataset, dataset_source, list_datasets, prepare, prepared_key
+from study.data.readers import READERS, DatasetReader
+from study.data.sources import SPLIT_BY, ReaderSource
 from study.data.splits import assign_folds, nested_subset, primary_label
 from study.errors import ConfigError, DataError
 
@@ -60,6 +63,76 @@ def test_nested_fractions_are_nested_stratified_and_seeded_by_repeat(down_x):
         assert down_x.labels[sorted(small)].sum(axis=0).min() > 0
     assert set(down_x.train_subset(0.1, 0)) != set(down_x.train_subset(0.1, 1))
     assert (down_x.train_subset(0.1, 2) == down_x.train_subset(0.1, 2)).all()
+
+
+# What each real dataset's "patient-level" split groups by, decided from its source: only
+# these identify patients (PTB-XL's patient_id column, PTB's and Icentia11k's patient folders,
+# CPSC 2021's file names; the CODE test set is one exam per patient, as published).
+SPLIT_BY_OF = {
+    "ptbxl": "patient",
+    "ptb": "patient",
+    "icentia11k": "patient",
+    "cpsc2021": "patient",
+    "code15_test": "patient",
+    "cinc2017": "record",
+    "cpsc2018": "record",
+    "cpsc2018_original": "record",
+    "georgia": "record",
+    "chapman": "record",
+    "cpsc2019": "record",
+}
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_every_dataset_declares_what_its_split_groups_by(name):
+    source = dataset_source(name)  # the class's declaration: no data is read
+    assert source.split_by in SPLIT_BY and source.split_basis.strip()
+    if source.kind == "synthetic":  # the generator makes patients with several records
+        assert source.split_by == "patient"
+        return
+    assert source.split_by == SPLIT_BY_OF[name]
+    # Declared by the registered reader itself, not inherited from a family's base class.
+    assert {"split_by", "split_basis"} <= set(vars(READERS.get(name)))
+    if source.split_by == "record":
+        assert source.describe_split().startswith("split by record: ")
+        assert source.split_basis.endswith("no patient ids")
+    else:
+        assert source.describe_split() == f"split by patient ({source.split_basis})"
+
+
+def test_every_real_dataset_is_in_the_split_table():
+    assert sorted(SPLIT_BY_OF) == READERS.names()
+
+
+def test_a_reader_without_a_split_declaration_is_refused():
+    assert not hasattr(DatasetReader, "split_by")  # no default to inherit silently
+
+    class Undecided(DatasetReader):
+        name = "undecided"
+
+    with pytest.raises(ConfigError, match="'undecided' .* must declare split_by, one of patient"):
+        ReaderSource(Undecided)
+
+    class Misspelt(DatasetReader):
+        name = "misspelt"
+        split_by = "patients"
+        split_basis = "ids"
+
+    with pytest.raises(ConfigError, match="got split_by='patients'"):
+        ReaderSource(Misspelt)
+
+
+def test_prepared_meta_and_prepare_output_say_what_the_split_groups_by(tmp_path, capsys):
+    assert main(["data", "prepare", "synth_tiny", "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "  split by patient (patient_id: the generator's patients)\n" in out
+    meta = PreparedDataset(prepare("synth_tiny", tmp_path)).meta
+    assert (meta["split_by"], meta["split_basis"]) == (
+        "patient",
+        dataset_source("synth_tiny").split_basis,
+    )
+    # meta.json gained the keys without a new cache key (tests/data/test_cache_key.py pins them)
+    assert meta["key"] == prepared_key("synth_tiny")
 
 
 def test_primary_label_is_the_rarest_positive():

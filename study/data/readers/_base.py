@@ -12,16 +12,25 @@ Each label set has a kind (`label_kinds`, LABEL_KINDS): "multi_label" (any numbe
 per record, the default), "single_label" (exactly one) or "per_sample" (a target per sample:
 QRS positions, from `read_beats`). Label sets in `frame_label_sets` label frames cut from a
 record (study.data.frames) rather than the record itself.
+
+Every reader declares what its patient-level split groups by (`split_by`, with
+`split_basis`), readable from the class without opening any data: "patient" where the dataset
+identifies patients (the basis names the field), "record" where it publishes no patient ids
+(each record is then its own `patient_id`; the basis says so). There is no default: a new
+reader that does not decide fails when the dataset registry is built
+(study.data.sources.ReaderSource).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from study._registry import Registry
 from study.data.records import LABEL_KINDS, STANDARD_LEADS, BadRecord, Record, Signal
+from study.data.sources import SplitBy
 from study.errors import ConfigError, DataError
 
 __all__ = [
@@ -59,6 +68,10 @@ class DatasetReader:
     frame_label_sets: tuple[str, ...] = ()
     # What a user of the prepared data must know (e.g. no patient ids): copied into its report.
     caveats: tuple[str, ...] = ()
+    # What the patient-level split groups by; no default, every registered reader declares it.
+    split_by: ClassVar[SplitBy]
+    # "patient": where the patient ids come from; "record": why there are none.
+    split_basis: ClassVar[str]
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)

@@ -97,6 +97,8 @@ class Cinc2017Reader(DatasetReader):
         "af_other": ("non_A", "A"),
     }
     label_kinds = dict.fromkeys(label_sets, "single_label")  # one letter per record
+    split_by = "record"
+    split_basis = "CinC 2017 publishes no patient ids"
 
     def __init__(
         self, root: str | Path, reference: str = "REFERENCE.csv", records_dir: str = "training"

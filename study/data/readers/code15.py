@@ -107,6 +107,9 @@ class Code15TestReader(DatasetReader):
     source = "https://doi.org/10.5281/zenodo.3765780"
     licence = "CC-BY-4.0"
     label_sets = {"code6": ABNORMALITIES, "code7": (*ABNORMALITIES, "NORM")}
+    # No patient id column, but the publisher's 827 exams are of 827 patients.
+    split_by = "patient"
+    split_basis = "the exam's row: one exam per patient, as published"
 
     def __init__(
         self, root: str | Path, trim_padding: bool = True, check_lead_order: bool = True

@@ -63,10 +63,14 @@ class Cpsc2018OriginalReader(DatasetReader):
     """
 
     name = "cpsc2018_original"
+    # The same recordings (A0001-A6877) as the CinC 2020 copy, `cpsc2018`: never paired.
+    recordings = "cpsc2018"
     source = "http://2018.icbeb.org/Challenge.html"
     licence = "free for research (challenge terms)"
     version = "1"
     label_sets = {"cpsc9": tuple(LABEL_SETS["cpsc9"]), "snomed": HARMONISED}
+    split_by = "record"
+    split_basis = "CPSC 2018 publishes no patient ids"
 
     def _check_layout(self) -> None:
         expected = f"REFERENCE.csv and A*.mat files (struct ECG) below {self.root}"

@@ -60,6 +60,8 @@ class Cpsc2019Reader(DatasetReader):
     licence = "not stated by the publisher (challenge data)"
     label_sets = {"qrs": ("qrs",)}
     label_kinds = {"qrs": "per_sample"}
+    split_by = "record"
+    split_basis = "CPSC 2019 publishes no patient ids"
     caveats = (
         "cpsc2019 publishes no patient ids: each record is its own patient, so records of "
         "one patient may fall into different splits (possible train/test leakage)",

@@ -276,6 +276,8 @@ class Icentia11kReader(_AnnotatedWfdbReader):
     source = "https://physionet.org/content/icentia11k-continuous-ecg/1.0/"
     licence = "CC BY-NC-SA 4.0"
     label_sets = dict(_FRAME_SETS)
+    split_by = "patient"
+    split_basis = "the pXXXXX patient folder"
     label_kinds = _FRAME_KINDS
     fs = 250.0
     lead_names = ("ecg",)
@@ -375,6 +377,8 @@ class Cpsc2021Reader(_AnnotatedWfdbReader):
     licence = "CC BY 4.0"
     label_sets = {"af_type": ("non-AF", "paroxysmal-AF", "persistent-AF"), **_FRAME_SETS}
     label_kinds = {"af_type": "single_label", **_FRAME_KINDS}
+    split_by = "patient"
+    split_basis = "<patient> of data_<patient>_<n>"
     beat_symbol_classes = {"N": "normal", "A": "pac", "a": "aberrated", "V": "pvc"}
     _NATIVE = {
         "non atrial fibrillation": "non-AF",

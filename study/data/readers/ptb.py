@@ -88,6 +88,8 @@ class PtbReader(DatasetReader):
     source = "https://physionet.org/content/ptbdb/1.0.0/"
     licence = "ODC-By-1.0"
     label_sets = {"mi_vs_healthy": ("HC", "MI")}
+    split_by = "patient"
+    split_basis = "the patientNNN folder of each record"
 
     def __init__(self, root: str | Path) -> None:
         self.listing_problems: list[BadRecord] = []

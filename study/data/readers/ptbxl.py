@@ -182,6 +182,9 @@ class PtbXlReader(DatasetReader):
     # The label sets' names; their classes come from the folder's scp_statements.csv, so an
     # opened reader's label_sets holds them (a spec and a cache key need only the names).
     label_sets = dict.fromkeys(_LABEL_SET_ORDER, ())
+    # The official strat_fold folds keep each patient in one fold.
+    split_by = "patient"
+    split_basis = "patient_id of ptbxl_database.csv"
 
     def __init__(self, root: str | Path, sampling_rate: int = 100) -> None:
         if sampling_rate not in _FILENAME_COLUMN:

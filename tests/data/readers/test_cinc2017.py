@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import scipy.io
 import wfdb
 
+from study.cli import main
 from study.data import PreparedDataset, prepare
 from study.data.config import DatasetConfig
 from study.data.readers import READERS, BadRecord
@@ -255,3 +257,25 @@ def test_af_normal_prepares_n_and_a_records_and_drops_the_rest(tmp_path):
     np.testing.assert_array_equal(
         data.labels, np.array([[letter[k] == "N", letter[k] == "A"] for k in kept], np.uint8)
     )
+
+
+def test_prepare_says_the_split_is_by_record(tmp_path, capsys):
+    # CinC 2017 publishes no patient ids: each record is its own patient, and the prepared
+    # copy and `study data prepare` say so instead of claiming a patient-level split.
+    write_labelled_cinc(tmp_path / "src", {"N": 20, "A": 20})
+    cache = tmp_path / "cache"
+    argv = ["data", "prepare", "cinc2017", "--source", str(tmp_path / "src")]
+    argv += ["--cache", str(cache), "--option", "reference=REFERENCE-v3.csv"]
+    assert main(argv) == 0
+    assert "  split by record: CinC 2017 publishes no patient ids\n" in capsys.readouterr().out
+    (folder,) = cache.iterdir()
+    meta = PreparedDataset(folder).meta
+    assert meta["split_by"] == "record"
+    assert meta["split_basis"] == "CinC 2017 publishes no patient ids"
+    assert meta["n_patients"] == meta["n_records"] == 40
+    # A copy prepared before meta.json recorded it: the reader's declaration is printed.
+    meta_path = folder / "meta.json"
+    old = {k: v for k, v in meta.items() if k not in ("split_by", "split_basis")}
+    meta_path.write_text(json.dumps(old))
+    assert main(argv) == 0
+    assert "  split by record: CinC 2017 publishes no patient ids\n" in capsys.readouterr().out
