@@ -6,6 +6,9 @@
 <study>/results/trials/<unit_id>.parquet    one row per finished fine-tune/scratch unit
 <study>/results/epochs/<unit_id>.parquet    one row per epoch of that unit
 <study>/results/pretrain/<unit_id>.parquet  one row per finished pretraining unit
+<study>/results/predictions/<unit_id>.parquet  the test-set predictions of a fine-tune/scratch
+                                        unit, one row per test example (written before its
+                                        trials row; PREDICTIONS_SCHEMA)
 <study>/pretrained/<unit_id>/model.pt   pretrained weights; model.json: their config
 <study>/checkpoints/<unit_id>/last.pt   the last epoch of an unfinished unit
 <study>/runs/<unit_id>.json             running / failed marker with host and error
@@ -19,6 +22,8 @@ __all__ = [
     "TRIALS_SCHEMA",
     "EPOCHS_SCHEMA",
     "PRETRAIN_SCHEMA",
+    "PREDICTIONS_SCHEMA",
+    "predictions_path",
     "trial_path",
     "epochs_path",
     "pretrain_path",
@@ -43,6 +48,9 @@ TRIALS_SCHEMA = pa.schema(
         ("n_train", pa.int64()),  # records in the training subset
         ("n_val", pa.int64()),
         ("n_test", pa.int64()),
+        # Macro metrics average the classes scored on the test split: those with at least one
+        # positive and one negative test record (study.training.metrics); how many were
+        # scored is test_n_classes_scored, out of n_classes.
         ("test_macro_auroc", pa.float64()),
         ("test_macro_f1", pa.float64()),  # thresholds chosen per class on validation
         ("test_weighted_f1", pa.float64()),  # support-weighted, threshold 0.5 (Nguyen & Do)
@@ -50,7 +58,9 @@ TRIALS_SCHEMA = pa.schema(
         # The columns below are null where the task has no such number (see
         # study.training.evaluation for each rule).
         ("task", pa.string()),
-        ("test_per_class_f1", pa.string()),  # JSON {class: F1}
+        ("test_per_class_f1", pa.string()),  # JSON {class: F1}, every class of the label set
+        ("n_classes", pa.int32()),  # classes of the label set (classification tasks)
+        ("test_n_classes_scored", pa.int32()),  # of them, those the macro metrics average
         ("test_accuracy", pa.float64()),  # single_label and binary tasks
         ("test_sensitivity", pa.float64()),  # binary tasks, at the validation threshold
         ("test_specificity", pa.float64()),
@@ -108,6 +118,30 @@ PRETRAIN_SCHEMA = pa.schema(
         ("config", pa.string()),
     ]
 )
+
+#: The test-set predictions of one fine-tuning or from-scratch unit, one row per test
+#: example, in the order of the test split (the same order for every unit on one prepared
+#: dataset, so two units' rows pair by position; record_id and frame_start say so).
+#: Schema metadata (bytes keys): b"classes" (JSON list, the columns of y_true/y_prob),
+#: b"task" (the objective: multi_label, single_label or per_sample), b"thresholds" (JSON:
+#: the decision rule chosen on validation, as the trials row's decision_thresholds),
+#: b"fs" (the sampling rate, per_sample tasks).
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("unit_id", pa.string()),
+        ("record_id", pa.string()),
+        ("patient_id", pa.string()),  # the bootstrap resamples patients (clusters of rows)
+        ("frame_start", pa.int64()),  # frame datasets: first sample of the frame; else null
+        ("y_true", pa.list_(pa.uint8())),  # classification: 0/1 per class; per_sample: null
+        ("y_prob", pa.list_(pa.float32())),  # classification: probability per class
+        ("qrs_reference", pa.list_(pa.int32())),  # per_sample: reference QRS positions
+        ("qrs_detected", pa.list_(pa.int32())),  # per_sample: detected, at the val threshold
+    ]
+)
+
+
+def predictions_path(uid: str) -> str:
+    return f"results/predictions/{uid}.parquet"
 
 
 def trial_path(uid: str) -> str:

@@ -27,14 +27,17 @@ import torch
 
 from study.data import PreparedDataset, dataset_source
 from study.data.prepared import cache_folder, default_cache_dir
+from study.data.splits import nested_patient_subset
 from study.errors import DataError, StorageError, TrainingError
 from study.models import create_model, model_info
 from study.schema import (
     EPOCHS_SCHEMA,
+    PREDICTIONS_SCHEMA,
     PRETRAIN_SCHEMA,
     TRIALS_SCHEMA,
     checkpoint_path,
     epochs_path,
+    predictions_path,
     pretrain_path,
     run_marker_path,
     trial_path,
@@ -51,7 +54,7 @@ from study.training import (
     state_to_bytes,
 )
 from study.training.checkpoint import load_backbone
-from study.training.evaluation import as_row
+from study.training.evaluation import as_row, detect_qrs
 from study.training.tasks import Objective, objective, pretrain_task
 
 __all__ = [
@@ -236,12 +239,76 @@ def _common_fields(unit: Unit, result, train_seconds: float, env: dict, device: 
     }
 
 
-def _commit(store: Store, unit: Unit, row: dict, history: list[dict], rel: str, schema) -> None:
-    """Epochs first, the result row last (its presence means done), then tidy up."""
+def _commit(
+    store: Store,
+    unit: Unit,
+    row: dict,
+    history: list[dict],
+    rel: str,
+    schema,
+    predictions: pa.Table | None = None,
+) -> None:
+    """Epochs and test predictions first, the result row last (its presence means done),
+    then tidy up."""
     store.write_table(epochs_path(unit.unit_id), _epochs_table(unit.unit_id, history))
+    if predictions is not None:
+        store.write_table(predictions_path(unit.unit_id), predictions)
     store.write_table(rel, pa.Table.from_pylist([row], schema=schema))
     store.delete_dir(f"checkpoints/{unit.unit_id}")
     _mark(store, unit, "done")
+
+
+def _predictions_table(
+    uid: str,
+    data: PreparedDataset,
+    test_idx: np.ndarray,
+    targets: np.ndarray,
+    p_test: np.ndarray,
+    task: str,
+    score: dict,
+) -> pa.Table:
+    """The test predictions of a unit (study.schema.PREDICTIONS_SCHEMA), one row per test
+    example in the test split's order: labels and probabilities per class, or for a
+    per-sample (QRS) task the reference and detected QRS positions at the threshold chosen
+    on validation (the per-sample probabilities themselves are not kept)."""
+    records = data.records.iloc[np.sort(np.asarray(test_idx))]
+    n = len(records)
+    columns: dict = {
+        "unit_id": [uid] * n,
+        "record_id": records["record_id"].astype(str).tolist(),
+        "patient_id": records["patient_id"].astype(str).tolist(),
+        "frame_start": (
+            records["frame_start"].astype("int64").tolist()
+            if "frame_start" in records
+            else [None] * n
+        ),
+    }
+    meta = {"classes": data.classes, "task": task, "thresholds": score.get("thresholds")}
+    if task == "per_sample":
+        fs = float(data.meta["fs"])
+        detected = detect_qrs(p_test, fs, score["thresholds"]["qrs_probability"])
+        reference = data.beats(test_idx)
+        columns["qrs_reference"] = [np.asarray(b, dtype=np.int32).tolist() for b in reference]
+        columns["qrs_detected"] = [np.asarray(b, dtype=np.int32).tolist() for b in detected]
+        meta["fs"] = fs
+    else:
+        y = np.asarray(targets, dtype=np.uint8)
+        p = np.asarray(p_test, dtype=np.float32)
+        columns["y_true"] = pa.FixedSizeListArray.from_arrays(y.reshape(-1), y.shape[1])
+        columns["y_prob"] = pa.FixedSizeListArray.from_arrays(p.reshape(-1), p.shape[1])
+    arrays = []
+    for f in PREDICTIONS_SCHEMA:  # the columns the task has no use for are all null
+        value = columns.get(f.name)
+        if value is None:
+            arrays.append(pa.nulls(n, type=f.type))
+        elif isinstance(value, pa.Array):
+            arrays.append(value.cast(f.type))
+        else:
+            arrays.append(pa.array(value, type=f.type))
+    table = pa.Table.from_arrays(arrays, schema=PREDICTIONS_SCHEMA)
+    return table.replace_schema_metadata(
+        {k.encode(): json.dumps(v).encode() for k, v in meta.items()}
+    )
 
 
 def _epochs_table(uid: str, history: list[dict]) -> pa.Table:
@@ -278,6 +345,15 @@ def run_finetune_unit(
         obj = unit_objective(unit, data.label_kind, f"{data.name} ({data.path})")
         train_idx = data.train_subset(c.data_fraction, c.repeat, c.train_folds)
         val_idx, test_idx = data.split_indices("val"), data.split_indices("test")
+        if c.val_fraction == "match":  # the validation patients, subsampled like training
+            val_idx = nested_patient_subset(
+                val_idx,
+                data.labels,
+                data.records["patient_id"].to_numpy(),
+                c.data_fraction,
+                c.repeat,
+                data.name,
+            )
         train, val, test = data.split(train_idx), data.split(val_idx), data.split(test_idx)
         info = model_info(c.architecture, **c.architecture_options)
         options = dict(c.architecture_options)
@@ -309,10 +385,11 @@ def run_finetune_unit(
         beats = None
         if obj.label_kind == "per_sample":
             beats = (data.beats(val_idx), data.beats(test_idx))
+        y_test = _targets(test)
         test_m = obj.score(
             data.classes,
             (_targets(val), p_val),
-            (_targets(test), p_test),
+            (y_test, p_test),
             class_codes=_class_codes(data),
             fs=data.meta.get("fs"),
             beats=beats,
@@ -333,11 +410,13 @@ def run_finetune_unit(
             "n_val": len(val),
             "n_test": len(test),
             "task": obj.name,
+            "n_classes": None if obj.label_kind == "per_sample" else len(data.classes),
             **as_row(test_m),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "trained_layers": ", ".join(model.trained_parts()),
         }
-        _commit(store, unit, row, result.history, trial_path(uid), TRIALS_SCHEMA)
+        predictions = _predictions_table(uid, data, test_idx, y_test, p_test, obj.name, test_m)
+        _commit(store, unit, row, result.history, trial_path(uid), TRIALS_SCHEMA, predictions)
         return row
     except BaseException as e:
         _mark_ended(store, unit, e)

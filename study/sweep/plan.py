@@ -1,8 +1,9 @@
 """Expand a spec into units: pretraining runs and fine-tuning / from-scratch trials.
 
 Not a blind Cartesian product:
-- one pretraining unit per (architecture, upstream, pretraining task): it does not vary with the
-  downstream dataset, the freeze depth, the fraction or the repeat;
+- one pretraining unit per (architecture, upstream, pretraining task, pretraining seed): it
+  does not vary with the downstream dataset, the freeze depth, the fraction or the repeat;
+  with `pretrain.repeats: P`, fine-tuning repeat r starts from pretraining seed r mod P;
 - a from-scratch unit does not vary with the upstream dataset or the freeze depth;
 - a dataset is not paired with itself unless `self_pairs: patient_disjoint`. Then every
   dataset that is both upstream and downstream is split by patient for the whole study:
@@ -24,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from study.data import prepared_key
+from study.data import dataset_source, prepared_key
+from study.models import model_revision
 from study.sweep.resolve import freeze_depths_for, upstream_config
 from study.sweep.spec import Spec, architecture_label
 from study.training.config import TrainOptions
@@ -40,14 +42,24 @@ DOWNSTREAM_FOLDS = (5, 6, 7, 8)
 _PREFIX = {"pretrain": "pt", "finetune": "ft", "scratch": "sc"}
 # Fields each stage must set, and fields it must leave unset.
 _STAGE_FIELDS = {
-    "pretrain": ({"upstream", "pretrain_task", "num_workers"}, {"downstream", "pretrain_unit"}),
+    "pretrain": (
+        {"upstream", "pretrain_task", "num_workers"},
+        {"downstream", "pretrain_unit", "val_fraction"},
+    ),
     "finetune": (
         {"downstream", "data_fraction", "repeat", "freeze_depth", "upstream", "pretrain_task"},
-        {"num_workers", "task_options"},
+        {"num_workers", "task_options", "pretrain_repeat"},
     ),
     "scratch": (
         {"downstream", "data_fraction", "repeat", "freeze_depth"},
-        {"upstream", "pretrain_task", "pretrain_unit", "num_workers", "task_options"},
+        {
+            "upstream",
+            "pretrain_task",
+            "pretrain_unit",
+            "num_workers",
+            "task_options",
+            "pretrain_repeat",
+        },
     ),
 }
 
@@ -58,6 +70,8 @@ class UnitConfig(BaseModel):
     Attributes:
         stage: "pretrain", "finetune" (from a pretraining unit's weights) or "scratch".
         architecture, architecture_options: the registry name and its options.
+        architecture_revision: the model's revision (`study.models.model_revision`) when
+            it is 2 or more (None: the first), so a changed model gets new unit ids.
         seed: the unit's seed (the spec's seed plus the repeat).
         train: the training options.
         data_key: the prepared dataset the unit trains on (`study.data.prepared_key`).
@@ -68,6 +82,11 @@ class UnitConfig(BaseModel):
         num_workers: DDP workers (pretraining only: the global batch is split over them).
         downstream, data_fraction, repeat, freeze_depth: the fine-tuning grid's axes.
         pretrain_unit: the id of the pretraining unit a fine-tuning unit starts from.
+        pretrain_repeat: the pretraining seed's number, >= 1 (pretraining only; None is
+            seed 0, so adding pretraining seeds to a study keeps its first pretraining).
+        val_fraction: "match" when the unit validates on the patients of the validation
+            split subsampled with its data fraction (None: the whole split; fraction 1 is
+            the whole split either way, so it is None there too).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -75,6 +94,7 @@ class UnitConfig(BaseModel):
     stage: Literal["pretrain", "finetune", "scratch"]
     architecture: str
     architecture_options: dict[str, Any] = {}
+    architecture_revision: int | None = Field(None, ge=2)
     seed: int
     train: TrainOptions
     data_key: str
@@ -88,6 +108,8 @@ class UnitConfig(BaseModel):
     repeat: int | None = None
     freeze_depth: int | None = None
     pretrain_unit: str | None = None
+    pretrain_repeat: int | None = Field(None, ge=1)
+    val_fraction: Literal["match"] | None = None
 
     @model_validator(mode="after")
     def _stage_fields(self) -> UnitConfig:
@@ -142,6 +164,7 @@ class Unit:
             "freeze_depth": c.freeze_depth,
             "data_fraction": c.data_fraction,
             "repeat": c.repeat,
+            "pretrain_repeat": (c.pretrain_repeat or 0) if c.stage == "pretrain" else None,
         }
 
 
@@ -191,38 +214,60 @@ class Plan:
         return out
 
 
+def _arch_config(arch) -> dict:
+    revision = model_revision(arch.name)
+    return {
+        "architecture": arch.name,
+        "architecture_options": dict(arch.options),
+        "architecture_revision": revision if revision > 1 else None,
+    }
+
+
+def recordings(name: str) -> str:
+    """The collection of recordings the dataset `name` reads (`DatasetSource.recordings`)."""
+    return dataset_source(name).recordings
+
+
 def make_plan(spec: Spec) -> Plan:
     """Expand `spec` into its units (deterministic order: pretraining first)."""
     units: list[Unit] = []
     excluded: list[str] = []
-    pretrain_ids: dict[tuple[str, str, str], str] = {}
+    pretrain_ids: dict[tuple[str, str, str, int], str] = {}
     # Roles are by the dataset read, so a variant (a noisy copy) counts as its dataset.
     src = spec.source_name
     both_roles = {src(u) for u in spec.upstream} & {src(d) for d in spec.downstream}
+
+    def same_recordings(up: str, down: str) -> bool:
+        # Two sources publishing the same recordings (cpsc2018_original / cpsc2018) are
+        # split independently, so not even patient_disjoint can separate their patients.
+        return src(up) != src(down) and recordings(src(up)) == recordings(src(down))
+
     split_roles = both_roles if spec.self_pairs == "patient_disjoint" else set()
     pretrain_train = spec.pretrain.train_options()
     for arch in spec.architectures:
-        arch_cfg = {"architecture": arch.name, "architecture_options": dict(arch.options)}
+        arch_cfg = _arch_config(arch)
         for up in spec.upstream:
             folds = UPSTREAM_FOLDS if src(up) in split_roles else None
             for task in spec.pretrain.tasks:
-                cfg = UnitConfig(
-                    **arch_cfg,
-                    stage="pretrain",
-                    seed=spec.seed,
-                    train=pretrain_train,
-                    data_key=prepared_key(src(up), upstream_config(spec, up, task)),
-                    train_folds=folds,
-                    upstream=up,
-                    pretrain_task=task,
-                    task_options=spec.pretrain.task_options.get(task) or None,
-                    num_workers=spec.pretrain.num_workers,
-                )
-                unit = Unit.of(cfg)
-                pretrain_ids[(arch.label, up, task)] = unit.unit_id
-                units.append(unit)
+                for p_rep in range(spec.pretrain.repeats):
+                    cfg = UnitConfig(
+                        **arch_cfg,
+                        stage="pretrain",
+                        seed=spec.seed + p_rep,
+                        train=pretrain_train,
+                        data_key=prepared_key(src(up), upstream_config(spec, up, task)),
+                        train_folds=folds,
+                        upstream=up,
+                        pretrain_task=task,
+                        task_options=spec.pretrain.task_options.get(task) or None,
+                        num_workers=spec.pretrain.num_workers,
+                        pretrain_repeat=p_rep or None,
+                    )
+                    unit = Unit.of(cfg)
+                    pretrain_ids[(arch.label, up, task, p_rep)] = unit.unit_id
+                    units.append(unit)
     for arch in spec.architectures:
-        arch_cfg = {"architecture": arch.name, "architecture_options": dict(arch.options)}
+        arch_cfg = _arch_config(arch)
         depths = freeze_depths_for(spec, arch)
         for down in spec.downstream:
             base = {
@@ -235,6 +280,8 @@ def make_plan(spec: Spec) -> Plan:
                 for rep in range(spec.finetune.repeats):
                     # The seed depends on the repeat only, so both arms of a pair share it.
                     common = {**base, "data_fraction": frac, "repeat": rep, "seed": spec.seed + rep}
+                    if spec.finetune.val_fraction == "match" and frac < 1.0:
+                        common["val_fraction"] = "match"
                     if spec.finetune.scratch:
                         cfg = UnitConfig(
                             **common,
@@ -244,10 +291,10 @@ def make_plan(spec: Spec) -> Plan:
                         )
                         units.append(Unit.of(cfg))
                     for up in spec.upstream:
-                        if src(up) == src(down) and not split_roles:
+                        if (src(up) == src(down) and not split_roles) or same_recordings(up, down):
                             continue
                         for task in spec.pretrain.tasks:
-                            pt = pretrain_ids[(arch.label, up, task)]
+                            pt = pretrain_ids[(arch.label, up, task, rep % spec.pretrain.repeats)]
                             for depth in depths:
                                 cfg = UnitConfig(
                                     **common,
@@ -264,6 +311,12 @@ def make_plan(spec: Spec) -> Plan:
                     excluded.append(
                         f"{up} as upstream of {down} (the same records; self_pairs: "
                         "patient_disjoint includes it)"
+                    )
+                elif same_recordings(up, down):
+                    excluded.append(
+                        f"{up} as upstream of {down} (both read the {recordings(src(up))} "
+                        "recordings, split independently: pretraining would see the "
+                        "downstream's test patients; no setting includes it)"
                     )
     # A pretraining unit that no fine-tuning unit uses is still planned: its weights are a
     # result of the study in their own right (and the plan stays a function of the spec).

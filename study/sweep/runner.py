@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from study.data import dataset_source, prepared_key
 from study.data.config import DatasetConfig
 from study.data.prepared import cache_folder, check_fingerprint, default_cache_dir, prepare_to
-from study.errors import ConfigError, StorageError, StudyError
+from study.errors import ConfigError, DataError, StorageError, StudyError
 from study.schema import run_marker_path
 from study.store import Store
 from study.sweep.load import parse_spec, spec_to_yaml
@@ -254,6 +254,67 @@ def prepare_datasets(store: Store, spec: Spec, units: list | None = None) -> Non
             kinds[c.data_key] = (meta.get("label_kind", "multi_label"), meta["name"])
         label_kind, name = kinds[c.data_key]
         unit_objective(unit, label_kind, f"{name} ({store.uri}/prepared/{c.data_key})")
+    if units:
+        check_shared_records(store, make_plan(spec).units)
+
+
+#: Share of a downstream's test records found in an upstream's pretraining records from
+#: which the two are taken to hold the same recordings.
+SHARED_RECORDS_LIMIT = 0.1
+
+
+def check_shared_records(store: Store, units: list) -> None:
+    """Refuse to fine-tune on a downstream whose test records the upstream pretrained on.
+
+    The plan already leaves out sources declared to read the same recordings
+    (`DatasetSource.recordings`); this is the check from the data itself, for what no
+    declaration knows of: a record is the pair (record_id, patient_id), and a pretraining
+    unit's records are its training records (within its folds) and its validation records.
+    Two unrelated datasets can share a few ids by chance, so the pairing is refused when at
+    least SHARED_RECORDS_LIMIT of the downstream's test records are among them.
+
+    Raises:
+        DataError: names both datasets, the count and a few of the shared records.
+    """
+    by_id = {u.unit_id: u for u in units}
+    pairs = {}
+    for u in units:
+        pre = by_id.get(u.config.pretrain_unit) if u.stage == "finetune" else None
+        if pre is not None:
+            key = (pre.config.data_key, pre.config.train_folds, u.config.data_key)
+            pairs.setdefault(key, (pre.config.upstream, u.config.downstream))
+    records: dict[str, pd.DataFrame] = {}
+
+    def read(key: str) -> pd.DataFrame:
+        if key not in records:
+            data = store.read_bytes(f"prepared/{key}/records.parquet")
+            table = pq.read_table(
+                io.BytesIO(data), columns=["record_id", "patient_id", "fold", "split"]
+            )
+            records[key] = table.to_pandas()
+        return records[key]
+
+    for (up_key, folds, down_key), (up, down) in pairs.items():
+        upstream, downstream = read(up_key), read(down_key)
+        used = upstream[
+            (upstream["split"] == "val")
+            | ((upstream["split"] == "train") & (folds is None or upstream["fold"].isin(folds)))
+        ]
+        test = downstream[downstream["split"] == "test"]
+        seen = set(zip(used["record_id"].astype(str), used["patient_id"].astype(str), strict=True))
+        shared = [
+            r
+            for r in zip(test["record_id"].astype(str), test["patient_id"].astype(str), strict=True)
+            if r in seen
+        ]
+        if shared and len(shared) >= SHARED_RECORDS_LIMIT * len(test):
+            raise DataError(
+                f"upstream {up} pretrains on {len(shared)} of the {len(test)} test records "
+                f"of downstream {down} (same record and patient ids, e.g. "
+                f"{', '.join(r for r, _ in shared[:3])}): they are the same recordings, so "
+                f"fine-tuning {down} from {up} would be tested on records it was trained on. "
+                f"Remove {up} from upstream or {down} from downstream"
+            )
 
 
 # --- Ray ------------------------------------------------------------------------------------

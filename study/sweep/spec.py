@@ -66,6 +66,10 @@ class PretrainSpec(TrainOptions):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     max_concurrent: int = Field(1, ge=1)  # pretraining runs at once (a cluster can hold more)
+    # Pretraining seeds per (architecture, upstream, task): with P > 1, fine-tuning repeat r
+    # starts from pretraining seed r mod P, so the spread of the gain over repeats includes
+    # the pretraining seed; 1 pretrains once (seed 0 is the same unit at any P).
+    repeats: int = Field(1, ge=1)
 
     @field_validator("task")
     @classmethod
@@ -98,6 +102,11 @@ class FinetuneSpec(TrainOptions):
     freeze_depths: list[int | Literal["all"]] = Field(default_factory=lambda: [0])
     data_fractions: list[float] = Field(default_factory=lambda: [1.0])
     repeats: int = Field(10, ge=1)
+    # The validation split of a unit at data fraction f: "full" (the whole split, at every
+    # fraction) or "match" (its patients subsampled with the same f: stratified, nested,
+    # seeded by the repeat, shared by both arms), so that at 1% of the data early stopping
+    # and thresholds are not chosen on ten times more records than were trained on.
+    val_fraction: Literal["full", "match"] = "full"
     scratch: bool = True  # also run the from-scratch arm (the paired control)
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)  # fractional GPUs share one card between trials

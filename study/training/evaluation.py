@@ -5,7 +5,10 @@ the test split.
 The objectives of `study.training.tasks` score a trained model with these functions
 (`Objective.score`); a trial row's `test_*` columns come from them:
 
-- all classification tasks: macro AUROC, macro F1, support-weighted F1, per-class F1;
+- all classification tasks: macro AUROC, macro F1, support-weighted F1, per-class F1, and
+  the number of classes the macro numbers average over (`n_classes_scored`: the classes
+  with at least one positive and one negative test record, `metrics.scored_classes`; one
+  convention for every macro metric);
 - multi_label: per-class thresholds that maximise F1 on validation (`choose_thresholds`);
   macro F1 and per-class F1 at them, weighted F1 at 0.5 (Nguyen & Do), and the PhysioNet/
   CinC 2020-2021 challenge metric when the classes carry SNOMED-CT codes the official
@@ -29,7 +32,12 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from study.errors import ConfigError
-from study.training.metrics import choose_thresholds, classification_metrics, single_label_metrics
+from study.training.metrics import (
+    choose_thresholds,
+    classification_metrics,
+    scored_classes,
+    single_label_metrics,
+)
 from study.training.task_metrics import (
     binary_metrics,
     challenge_score,
@@ -43,6 +51,7 @@ __all__ = [
     "score_classification",
     "score_qrs",
     "as_row",
+    "detect_qrs",
     "challenge_codes",
     "QRS_THRESHOLDS",
     "QRS_TOLERANCE_S",
@@ -129,6 +138,7 @@ def score_classification(
                     out["challenge_score"] = challenge_score(y_test, p_test >= thr[None, :], names)
                 except ConfigError:
                     pass  # e.g. no scored class besides normal: the metric does not apply
+    out["n_classes_scored"] = len(scored_classes(y_test))
     if pos is not None:
         b = binary_metrics(y_test[:, pos], p_test[:, pos], thresholds[pos])
         out.update({k: b[k] for k in ("sensitivity", "specificity", "accuracy")})
@@ -136,7 +146,8 @@ def score_classification(
     return out
 
 
-def _detect(p: np.ndarray, fs: float, threshold: float) -> list[np.ndarray]:
+def detect_qrs(p: np.ndarray, fs: float, threshold: float) -> list[np.ndarray]:
+    """QRS positions of each row of per-sample probabilities `p` (N, L) at `threshold`."""
     from study.models.unet1d import qrs_positions
 
     return [qrs_positions(row, fs, QRS_MIN_RR_S, threshold) for row in p]
@@ -153,11 +164,11 @@ def score_qrs(
     validation records (module docstring); `beats_*` are the reference QRS positions."""
     best_thr, best_f1 = QRS_THRESHOLDS[0], -1.0
     for thr in QRS_THRESHOLDS:
-        f1 = qrs_metrics_records(beats_val, _detect(p_val, fs, thr), fs, QRS_TOLERANCE_S)["f1"]
+        f1 = qrs_metrics_records(beats_val, detect_qrs(p_val, fs, thr), fs, QRS_TOLERANCE_S)["f1"]
         f1 = -1.0 if np.isnan(f1) else f1
         if f1 > best_f1:  # ties keep the lower threshold
             best_thr, best_f1 = thr, f1
-    m = qrs_metrics_records(beats_test, _detect(p_test, fs, best_thr), fs, QRS_TOLERANCE_S)
+    m = qrs_metrics_records(beats_test, detect_qrs(p_test, fs, best_thr), fs, QRS_TOLERANCE_S)
     return {
         "qrs_sensitivity": m["sensitivity"],
         "qrs_ppv": m["ppv"],

@@ -2,6 +2,14 @@
 
 Thresholds for macro F1 are chosen per class on the validation split and then applied to the
 test split; the support-weighted F1 uses a fixed 0.5 threshold, as Nguyen & Do report it.
+
+One convention for every macro metric (macro AUROC and macro F1, multi-label and
+single-label alike): the mean over the *scored* classes of the split, a class being scored
+when the split holds at least one positive and one negative for it (`scored_classes`). A
+class absent from a small test split has no AUROC and an F1 that only says it is absent, so
+it is left out of both, never counted as 0; a trial row stores how many classes were scored
+(`test_n_classes_scored`, beside `n_classes`). The support-weighted F1 gives an absent class
+weight 0, so it needs no rule.
 """
 
 from __future__ import annotations
@@ -17,18 +25,20 @@ __all__ = [
     "classification_metrics",
     "single_label_metrics",
     "column_f1",
+    "scored_classes",
 ]
 
 
-def _scorable(y: np.ndarray) -> np.ndarray:
-    """Classes that have both positives and negatives (AUROC is undefined otherwise)."""
-    pos = y.sum(axis=0)
+def scored_classes(y: np.ndarray) -> np.ndarray:
+    """The columns of `y` (n, K) that hold both positives and negatives: the classes every
+    macro metric here averages over (the module's convention)."""
+    pos = np.asarray(y).astype(int).sum(axis=0)
     return np.flatnonzero((pos > 0) & (pos < len(y)))
 
 
 def macro_auroc(y: np.ndarray, p: np.ndarray) -> float:
-    """Macro AUROC over the classes that have both positives and negatives; NaN if none."""
-    cols = _scorable(y)
+    """Macro AUROC over the scored classes (`scored_classes`); NaN if none is scored."""
+    cols = scored_classes(y)
     if len(cols) == 0:
         return float("nan")
     return float(roc_auc_score(y[:, cols], p[:, cols], average="macro"))
@@ -59,7 +69,12 @@ def column_f1(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def macro_f1(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray) -> float:
-    return float(column_f1(y, p >= thresholds[None, :]).mean())
+    """Mean F1 over the scored classes (`scored_classes`) at per-class `thresholds`; NaN if
+    no class is scored."""
+    cols = scored_classes(y)
+    if len(cols) == 0:
+        return float("nan")
+    return float(column_f1(y, p >= thresholds[None, :])[cols].mean())
 
 
 def weighted_f1(y: np.ndarray, p: np.ndarray) -> float:
@@ -87,15 +102,22 @@ def single_label_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     class, for a single-label task with one-hot `y` and softmax probabilities `p`.
 
     The predicted class is the most probable one (no thresholds: exactly one class is
-    predicted per record, as Weimann & Conrad's softmax heads do); the macro F1 averages
-    every class of the label set (0 for a class never present nor predicted).
+    predicted per record, as Weimann & Conrad's softmax heads do); the macro F1 averages the
+    scored classes (`scored_classes`: a class is left out when the split has none of it; a
+    scored class never predicted counts 0).
     """
     y = np.asarray(y)
     true, pred = y.argmax(axis=1), np.asarray(p).argmax(axis=1)
     labels = np.arange(y.shape[1])
+    scored = scored_classes(y)
+    macro = (
+        float(f1_score(true, pred, labels=scored, average="macro", zero_division=0))
+        if len(scored)
+        else float("nan")
+    )
     return {
         "macro_auroc": macro_auroc(y.astype(int), p),
-        "macro_f1": float(f1_score(true, pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": macro,
         "weighted_f1": float(
             f1_score(true, pred, labels=labels, average="weighted", zero_division=0)
         ),

@@ -133,3 +133,66 @@ def test_a_units_objective_is_checked_against_its_datas_labels():
         unit_objective(pre, "multi_label", "d")
     with pytest.raises(DataError, match="unet1d cannot train on d: it gives per_sample outputs"):
         unit_objective(fine, "multi_label", "d")
+
+
+def test_a_unit_stores_its_test_predictions_before_its_row(study):
+    """results/predictions/<id>.parquet: one row per test record, in the test split's order,
+    with labels, probabilities and the record and patient ids; the trials row's macro AUROC
+    is recomputed from it exactly, and the number of classes scored is stored."""
+    import json
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from sklearn.metrics import roc_auc_score
+
+    from study.schema import PREDICTIONS_SCHEMA, predictions_path
+    from study.sweep.execute import open_prepared
+
+    store, plan = study
+    unit = plan.by_stage("scratch")[0]
+    order = []
+    real_write = store.write_table
+    store.write_table = lambda rel, table: (order.append(rel), real_write(rel, table))[1]
+    row = run_finetune_unit(unit, store, {})
+    assert order.index(predictions_path(unit.unit_id)) < order.index(trial_path(unit.unit_id))
+    assert order[-1] == trial_path(unit.unit_id)
+
+    table = pq.read_table(store.path(predictions_path(unit.unit_id)))
+    assert table.schema.remove_metadata() == PREDICTIONS_SCHEMA
+    meta = {k.decode(): json.loads(v) for k, v in table.schema.metadata.items()}
+    data = open_prepared(store, unit.config.data_key)
+    assert meta["classes"] == data.classes and meta["task"] == row["task"]
+    test_idx = data.split_indices("test")
+    frame = table.to_pandas()
+    assert frame["record_id"].tolist() == data.records["record_id"].iloc[test_idx].tolist()
+    assert frame["patient_id"].tolist() == data.records["patient_id"].iloc[test_idx].tolist()
+    y = np.stack(frame["y_true"].to_numpy()).astype(int)
+    p = np.stack(frame["y_prob"].to_numpy())
+    assert (y == data.labels[test_idx]).all()
+    scored = [k for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)]
+    assert row["test_n_classes_scored"] == len(scored) and row["n_classes"] == y.shape[1]
+    expected = np.mean([roc_auc_score(y[:, k], p[:, k]) for k in scored])
+    assert row["test_macro_auroc"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_matched_validation_subsamples_validation_patients_like_training(tmp_path, cache_dir):
+    """val_fraction: match validates a unit at fraction f on its repeat's nested subset of
+    the validation patients (the same for both arms); the test split is never subsampled."""
+    from study.data.splits import nested_patient_subset
+    from study.sweep.execute import open_prepared
+
+    spec = smoke_spec(data_fractions=[0.5], freeze_depths=[0], val_fraction="match")
+    store = Store(str(tmp_path / "matched"))
+    plan = init_study(store, spec)
+    prepare_datasets(store, spec)
+    unit = plan.by_stage("scratch")[0]
+    assert unit.config.val_fraction == "match"
+    row = run_finetune_unit(unit, store, {})
+    data = open_prepared(store, unit.config.data_key)
+    val = data.split_indices("val")
+    expected = nested_patient_subset(
+        val, data.labels, data.records["patient_id"].to_numpy(), 0.5, 0, data.name
+    )
+    # synth_tiny: a few validation patients, one kept per class
+    assert row["n_val"] == len(expected) <= len(val)
+    assert row["n_test"] == len(data.split_indices("test"))

@@ -157,3 +157,70 @@ def test_per_stage_learning_rates_apply_to_the_pretrained_arm_only():
     plan = make_plan(parse_spec(spec))
     assert all(u.config.train.stage_lr == {"stem": 0.0} for u in plan.by_stage("finetune"))
     assert all(u.config.train.stage_lr is None for u in plan.by_stage("scratch"))
+
+
+def test_pretraining_seeds_multiply_pretraining_and_rotate_through_repeats():
+    spec = copy.deepcopy(BASE)
+    spec["pretrain"] = {"repeats": 2}
+    plan = make_plan(parse_spec(spec))
+    one_seed = make_plan(parse_spec(BASE))
+    pre = plan.by_stage("pretrain")
+    assert len(pre) == 2 * len(one_seed.by_stage("pretrain")) == 8
+    # seed 0 is the same unit as the single-seed study's: adding seeds re-uses it
+    assert {u.unit_id for u in one_seed.by_stage("pretrain")} <= {u.unit_id for u in pre}
+    seeds = {u.unit_id: (u.config.pretrain_repeat or 0, u.config.seed) for u in pre}
+    assert sorted(set(seeds.values())) == [(0, 0), (1, 1)]
+    for u in plan.by_stage("finetune"):  # repeat r starts from pretraining seed r mod 2
+        assert seeds[u.config.pretrain_unit][0] == u.config.repeat % 2
+        assert u.depends_on == u.config.pretrain_unit
+    # scratch units do not depend on pretraining: they are the same units as before
+    assert {u.unit_id for u in plan.by_stage("scratch")} == {
+        u.unit_id for u in one_seed.by_stage("scratch")
+    }
+    assert plan.counts()["stages"]["pretrain"]["axes"]["pretrain_repeat"] == {0: 4, 1: 4}
+
+
+def test_matched_validation_is_part_of_the_units_below_full_data():
+    spec = copy.deepcopy(BASE)
+    spec["finetune"]["val_fraction"] = "match"
+    plan = make_plan(parse_spec(spec))
+    full = {u.unit_id for u in make_plan(parse_spec(BASE)).units}
+    for u in plan.units:
+        if u.stage == "pretrain" or u.config.data_fraction == 1.0:
+            assert u.config.val_fraction is None and u.unit_id in full
+        else:
+            assert u.config.val_fraction == "match" and u.unit_id not in full
+
+
+def test_two_sources_of_the_same_recordings_are_never_paired():
+    """cpsc2018_original and cpsc2018 (CinC 2020's copy) read the same recordings, split
+    independently: neither pretrains for the other, whatever self_pairs says."""
+    for self_pairs in ("exclude", "patient_disjoint"):
+        spec = copy.deepcopy(BASE)
+        spec.update(
+            architectures=["gru"],
+            upstream=["cpsc2018_original", "synth_up_a"],
+            downstream=["cpsc2018"],
+            self_pairs=self_pairs,
+            datasets={
+                "cpsc2018_original": {"source": "/nonexistent/a"},
+                "cpsc2018": {"source": "/nonexistent/b"},
+            },
+        )
+        plan = make_plan(parse_spec(spec))
+        ups = {u.config.upstream for u in plan.by_stage("finetune")}
+        assert ups == {"synth_up_a"}, self_pairs
+        assert any("both read the cpsc2018 recordings" in w for w in plan.excluded)
+
+
+def test_a_changed_model_gets_new_unit_ids():
+    """resnet1d* revision 2 (the authors' head) is in its units' configs, so no result of
+    the earlier model is taken for one of it; models never changed keep their ids."""
+    from study.models import model_revision
+
+    plan = make_plan(parse_spec(BASE))
+    for u in plan.units:
+        revision = model_revision(u.config.architecture)
+        expected = revision if revision > 1 else None
+        assert u.config.architecture_revision == expected
+    assert model_revision("resnet1d50") == 2 and model_revision("gru") == 1

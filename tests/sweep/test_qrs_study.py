@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from study.store import Store
 from study.sweep.execute import run_finetune_unit, run_pretrain_worker
 from study.sweep.load import parse_spec
@@ -71,3 +73,18 @@ def test_qrs_pretraining_then_noisy_fine_tuning_on_cpsc2019(tmp_path, cache_dir,
         assert "test_macro_auroc" not in row  # no class scores for a per-sample task
     # pretrained on clean QRS, the fine-tuned detector already finds beats in noise
     assert ft["test_qrs_f1"] > 0.5, ft
+    # the stored predictions give back the row's QRS F1 (gross over the test records)
+    import pyarrow.parquet as pq
+
+    from study.schema import predictions_path
+    from study.training.task_metrics import qrs_metrics_records
+
+    for unit in plan.units:
+        if unit.stage == "pretrain":
+            continue
+        table = pq.read_table(store.path(predictions_path(unit.unit_id)))
+        fs = json.loads(table.schema.metadata[b"fs"])
+        frame = table.to_pandas()
+        assert frame["y_prob"].isna().all()  # no per-sample probabilities are kept
+        got = qrs_metrics_records(list(frame["qrs_reference"]), list(frame["qrs_detected"]), fs)
+        assert got["f1"] == pytest.approx(rows[unit.stage]["test_qrs_f1"])

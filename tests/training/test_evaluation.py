@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from study.data.snomed import LABEL_SETS
-from study.training.evaluation import as_row, challenge_codes
+from study.training.evaluation import as_row, challenge_codes, score_classification
 from study.training.tasks import score_split
 
 
@@ -111,3 +111,31 @@ def test_one_column_f1_is_the_positive_class_f1():
     # TP 1, FP 1: F1 = 2/3 (averaging in the negatives' F1 0.8 would give 0.733)
     assert macro_f1(y, p, np.array([0.5])) == pytest.approx(2 / 3)
     assert weighted_f1(y, p) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("kind", ["multi_label", "single_label"])
+def test_every_macro_metric_averages_the_same_scored_classes(kind):
+    """A class absent from the test split is left out of macro AUROC and macro F1 alike (one
+    convention), and the row says how many classes were scored."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+    true = np.array([0, 1] * 20)  # class c never occurs in the test split
+    y_test = np.eye(3, dtype=int)[true]
+    p_test = np.clip(y_test * 0.6 + rng.uniform(0, 0.4, y_test.shape), 0, 1)
+    p_test[:3, 2] = 0.99  # ... but is predicted a few times
+    if kind == "single_label":
+        p_test = p_test / p_test.sum(axis=1, keepdims=True)
+    got = score_classification(kind, classes, y_test, p_test, y_test, p_test, None)
+    assert got["n_classes_scored"] == 2
+    auroc = np.mean([roc_auc_score(y_test[:, k], p_test[:, k]) for k in (0, 1)])
+    assert got["macro_auroc"] == pytest.approx(auroc)
+    if kind == "single_label":
+        f1 = f1_score(true, p_test.argmax(axis=1), labels=[0, 1], average="macro")
+    else:
+        thr = np.asarray(got["thresholds"])
+        f1 = np.mean([f1_score(y_test[:, k], p_test[:, k] >= thr[k]) for k in (0, 1)])
+    assert got["macro_f1"] == pytest.approx(f1)
+    # the per-class breakdown still lists every class of the label set
+    assert set(got["per_class_f1"]) == set(classes)
