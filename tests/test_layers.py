@@ -124,3 +124,22 @@ def test_lower_layers_never_import_ray_or_the_sweep(layer):
         names = _imports(path)
         assert not {n for n in names if n == "ray" or n.startswith("ray.")}, path
         assert not {n for n in names if n.startswith("study.sweep")}, path
+
+
+def test_the_analysis_layer_reads_the_store_only():
+    """analysis/ makes a report on a laptop from a copy of the store: no torch, no Ray, no
+    training or sweep layer (the store, the schema and the errors are all it needs of study),
+    and no import cycle among its modules (function-local imports counted)."""
+    forbidden = ("torch", "ray", "study.training", "study.sweep", "study.models")
+    files = {
+        _module(p): p for p in (ROOT / "analysis").rglob("*.py") if "__pycache__" not in p.parts
+    }
+    graph = {}
+    for mod, path in files.items():
+        names = _imports(path)
+        bad = {n for n in names for f in forbidden if n == f or n.startswith(f + ".")}
+        assert not bad, (path, bad)
+        graph[mod] = {
+            t for t in files if t != mod and t in names and not (mod == "analysis" and t != mod)
+        }
+    assert _cycles(graph) == []

@@ -10,7 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.report import paired_differences, summarize, write_report
+from analysis.report import (
+    paired_differences,
+    rankings,
+    select_on_validation,
+    summarize,
+    write_report,
+)
 from study.errors import ConfigError, DataError
 
 # Two-sided 95% t quantiles, t(0.975, df), from a table: independent of the code under test.
@@ -286,7 +292,9 @@ def test_write_report_files_and_numbers(tmp_path) -> None:
     written = write_report(trials, tmp_path / "report")
 
     pngs = [f"{kind}_{m}.png" for m in METRICS for kind in ("finetune_vs_scratch", "freeze_depth")]
-    assert set(written) == {*pngs, "summary.csv", "summary.md", "paired.csv"}
+    tables = {"summary.csv", "summary.md", "paired.csv", "data_efficiency.csv"}
+    tables |= {"friedman_arms.csv", "friedman_arms_pairwise.csv"}  # one architecture: no ranking
+    assert set(written) == {*pngs, *tables}
     for name in pngs:
         data = written[name].read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, name
@@ -306,12 +314,16 @@ def test_write_report_files_and_numbers(tmp_path) -> None:
     np.testing.assert_allclose(auroc["mean_diff"], [0.07, 0.07, 0.02, 0.02] * 2, atol=1e-12)
 
     text = written["summary.md"].read_text()
-    # 0.07 +- 4.3027 * 0.02 / sqrt(3) = [0.020, 0.120]
+    # 0.07 +- 4.3027 * 0.02 / sqrt(3) = [0.020, 0.120]; 0.07 / 0.62 = +11.3%; 8 p-values of
+    # 0.25 and 0.5: Holm min(1, 8 * 0.25) = 1, BH 0.5 * 8 / 8 = 0.5
     assert (
         "- at data fraction 0.1 on down_a (tiny), pretrained (up_a/task_x, freeze=0) - scratch = "
-        "+0.070 AUROC [95% CI 0.020, 0.120], 3/3 pairs won (Wilcoxon p = 0.25) (best of 2 arms)"
+        "+0.070 AUROC (+11.3% of scratch) [95% CI 0.020, 0.120], 3/3 pairs won (Wilcoxon p = "
+        "0.25, Holm p = 1, BH p = 0.5 of 8 tests; cannot reach p < 0.05 with 3 pairs) - chosen "
+        "on validation AUROC of 2 arms: validation AUROC - scratch = +0.070"
     ) in text
-    assert text.count("pairs won") == 4  # one headline per downstream x fraction
+    headlines = text.split("## Headlines")[1].split("### Best freeze depth")[0]
+    assert headlines.count("pairs won") == 4  # one headline per downstream x fraction
     assert "| down_a | tiny | scratch | 0.1 | 3 | 0 | 0.620 | 0.020 | 0.570 | 0.670 |" in text
     assert f"| down_b | tiny | {ARM2} | 1 | 3 | 0 | 0 | +0.020 |" in text
     assert "36 finished trials" in text
@@ -330,6 +342,8 @@ def test_write_report_grid_of_architectures_and_scratch_only(tmp_path) -> None:
         "summary.csv",
         "summary.md",
         "paired.csv",
+        "friedman_architectures.csv",  # two architectures are still ranked
+        "friedman_architectures_pairwise.csv",
     }
     text = written["summary.md"].read_text()
     assert "no paired comparison" in text and "no freeze-depth figure" in text
@@ -421,3 +435,258 @@ def test_epochs_to_match_scratch_by_hand():
     assert out.loc["ft", "scratch_best_epoch"] == 3
     assert out.loc["ft", "epochs_to_match"] == 2
     assert np.isnan(out.loc["ft2", "epochs_to_match"])
+
+
+# --- effect sizes, the floor of the test, multiple comparisons ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arm", "dz", "rank_biserial"),
+    [
+        # diffs 0.05, 0.07, 0.09: d_z = 0.07 / 0.02; every pair positive
+        (ARM0, 3.5, 1.0),
+        # diffs -0.01, 0.02, 0.05: d_z = 0.02 / 0.03; ranks 1, 2, 3 -> (5 - 1) / 6
+        (ARM2, 2 / 3, 2 / 3),
+    ],
+)
+def test_paired_effect_sizes_by_hand(arm: str, dz: float, rank_biserial: float) -> None:
+    paired = paired_differences(make_trials())
+    mean = DELTA[0 if arm == ARM0 else 2]
+    for (down, fraction), base in BASE.items():
+        row = _one(paired, downstream=down, data_fraction=fraction, arm=arm)
+        scratch_mean = base + 0.02  # scratch: base, base + 0.02, base + 0.04
+        assert row["scratch_mean"] == pytest.approx(scratch_mean)
+        assert row["relative_gain"] == pytest.approx(np.mean(mean) / scratch_mean)
+        assert row["cohens_dz"] == pytest.approx(dz)
+        assert row["rank_biserial"] == pytest.approx(rank_biserial)
+        # three non-zero pairs: the exact test cannot go below 2 / 2**3
+        assert (row["n_nonzero"], row["min_p"], row["p_method"]) == (3, 0.25, "exact")
+
+
+def test_paired_p_values_are_adjusted_over_the_metrics_table() -> None:
+    trials = make_trials()
+    # freeze 0 equals its scratch partner everywhere: no test there (NaN p), not in the family
+    scratch = trials[trials["init"] == "scratch"].set_index(
+        ["downstream", "data_fraction", "repeat"]
+    )
+    freeze0 = ((trials["init"] == "pretrained") & (trials["freeze_depth"] == 0)).to_numpy()
+    keys = zip(trials["downstream"], trials["data_fraction"], trials["repeat"], strict=True)
+    partner = np.array([scratch.loc[k, "test_macro_auroc"] for k in keys])
+    trials.loc[freeze0, "test_macro_auroc"] = partner[freeze0]
+    paired = paired_differences(trials)
+
+    zero = paired[paired["arm"] == ARM0]
+    assert zero["wilcoxon_p"].isna().all() and zero["holm_p"].isna().all()
+    assert zero["bh_p"].isna().all()
+    assert (zero["n_nonzero"] == 0).all() and (zero["min_p"] == 1.0).all()
+    assert zero["rank_biserial"].isna().all() and zero["cohens_dz"].isna().all()
+    tested = paired[paired["arm"] == ARM2]
+    # four p-values of 0.5: Holm min(1, 4 * 0.5) = 1; BH 0.5 * 4 / 4 = 0.5
+    assert (paired["n_tests"] == 4).all()
+    np.testing.assert_allclose(tested["wilcoxon_p"], 0.5)
+    np.testing.assert_allclose(tested["holm_p"], 1.0)
+    np.testing.assert_allclose(tested["bh_p"], 0.5)
+
+
+def _six_pairs(diffs: list[float]) -> pd.DataFrame:
+    """One cell of len(diffs) repeats: scratch 0.6 + 0.01 r, freeze 0 = scratch + diffs[r]."""
+    rows = []
+    for repeat, diff in enumerate(diffs):
+        scratch = 0.6 + 0.01 * repeat
+        rows.append(_row("tiny", "down_a", 0.5, repeat, None, scratch))
+        rows.append(_row("tiny", "down_a", 0.5, repeat, 0, scratch + diff))
+    return pd.DataFrame(rows)
+
+
+def test_markdown_flags_cells_that_cannot_reach_significance(tmp_path) -> None:
+    six = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]
+    text = write_report(_six_pairs(six), tmp_path / "six", ["test_macro_auroc"])["summary.md"]
+    text = text.read_text()
+    # six positive pairs: exact p = 2 / 2**6 = 0.03125, reachable: no flag
+    assert "| 0.0312 | 0.0312 | 0.0312 |" in text
+    assert "cannot reach p < 0.05 with 6" not in text
+    assert "below 6 pairs a cell cannot reach p < 0.05" in text  # the methods paragraph
+
+    five = [0.0, 0.02, 0.03, 0.04, 0.05, 0.06]  # one tie with scratch: five non-zero pairs
+    text = write_report(_six_pairs(five), tmp_path / "five", ["test_macro_auroc"])["summary.md"]
+    text = text.read_text()
+    assert "| 0.0625 (cannot reach p < 0.05 with 5 non-zero pairs) |" in text
+
+
+# --- headlines chosen on validation ---------------------------------------------------------
+
+
+def test_headline_arm_is_chosen_on_validation_not_on_test(tmp_path) -> None:
+    trials = make_trials()
+    # On test freeze 0 is best (+0.07 vs +0.02); on validation freeze 2 is (+0.12 vs +0.07).
+    freeze2 = ((trials["init"] == "pretrained") & (trials["freeze_depth"] == 2)).to_numpy()
+    trials.loc[freeze2, "val_macro_auroc"] += 0.1
+
+    chosen = select_on_validation(trials)
+    assert len(chosen) == 4 and (chosen["arm"] == ARM2).all()
+    assert (chosen["selected_on"] == "val_macro_auroc").all()
+    np.testing.assert_allclose(chosen["val_mean_diff"], 0.12)
+    assert (chosen["n_candidates"] == 2).all() and (chosen["val_n_pairs"] == 3).all()
+    assert list(chosen["downstream"]) == ["down_a", "down_a", "down_b", "down_b"]
+
+    text = write_report(trials, tmp_path, ["test_macro_auroc"])["summary.md"].read_text()
+    headlines = text.split("## Headlines")[1].split("### Best freeze depth")[0]
+    # freeze 2's test difference: 0.02 +- 4.3027 * 0.03 / sqrt(3) = [-0.055, 0.095]
+    assert (
+        "- at data fraction 0.1 on down_a (tiny), pretrained (up_a/task_x, freeze=2) - scratch = "
+        "+0.020 AUROC (+3.2% of scratch) [95% CI -0.055, 0.095], 2/3 pairs won"
+    ) in headlines
+    assert "chosen on validation AUROC of 2 arms: validation AUROC - scratch = +0.120" in headlines
+    assert "freeze=0" not in headlines  # the test-best arm is not a headline
+    assert headlines.count("chosen on validation AUROC") == 4
+    depths = text.split("### Best freeze depth")[1].split("## Paired differences")[0]
+    assert depths.count("freeze=2) - scratch") == 4 and "of 2 depths" in depths
+
+
+def test_selection_falls_back_to_validation_loss_lower_is_better(tmp_path) -> None:
+    trials = make_trials()
+    loss = {"scratch": 0.50, 0: 0.45, 2: 0.40}  # freeze 2 has the lowest validation loss
+    trials["val_loss"] = [
+        loss["scratch"] if init == "scratch" else loss[depth]
+        for init, depth in zip(trials["init"], trials["freeze_depth"], strict=True)
+    ]
+    # down_b's trials have no validation AUROC (a task without one): loss decides there
+    trials.loc[(trials["downstream"] == "down_b").to_numpy(), "val_macro_auroc"] = np.nan
+
+    chosen = select_on_validation(trials).set_index(["downstream", "data_fraction"])
+    assert chosen.loc[("down_a", 0.1), "selected_on"] == "val_macro_auroc"
+    assert chosen.loc[("down_a", 0.1), "arm"] == ARM0
+    assert chosen.loc[("down_b", 0.1), "selected_on"] == "val_loss"
+    assert chosen.loc[("down_b", 0.1), "arm"] == ARM2
+    assert chosen.loc[("down_b", 0.1), "val_mean_diff"] == pytest.approx(-0.10)
+
+    text = write_report(trials, tmp_path, ["test_macro_auroc"])["summary.md"].read_text()
+    assert "chosen on validation loss of 2 arms: validation loss - scratch = -0.100" in text
+
+
+def test_selection_per_source_picks_a_freeze_depth() -> None:
+    trials = make_trials()
+    by = ("downstream", "architecture", "upstream", "pretrain_task", "data_fraction")
+    chosen = select_on_validation(trials, by)
+    assert list(chosen.columns[: len(by)]) == list(by)
+    assert (chosen["freeze_depth"] == 0).all() and (chosen["upstream"] == "up_a").all()
+    assert "arm" in chosen and "pretrain_task" in chosen
+
+
+def test_selection_without_validation_numbers(tmp_path) -> None:
+    trials = make_trials().drop(columns="val_macro_auroc")
+    chosen = select_on_validation(trials)
+    assert chosen["selected_on"].isna().all() and chosen["arm"].isna().all()
+    text = write_report(trials, tmp_path, ["test_macro_auroc"])["summary.md"].read_text()
+    assert "- downstream down_a, architecture tiny, data_fraction 0.1: no validation number" in text
+
+
+@pytest.mark.parametrize(
+    "by", [("downstream", "architecture"), ("downstream", "architecture", "data_fraction", "seed")]
+)
+def test_selection_rejects_bad_groups(by: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError, match="by must be drawn from .* and include"):
+        select_on_validation(make_trials(), by)
+
+
+# --- rankings across cells ------------------------------------------------------------------
+
+
+def test_rankings_by_hand() -> None:
+    trials = make_trials(("tiny", "small"))
+    ranked = rankings(trials)
+
+    # In every (downstream, architecture, fraction) block freeze 0 > freeze 2 > scratch:
+    # rank sums 8, 16, 24 over N = 8 blocks, chi2 = 12 / (8 * 3 * 4) * 896 - 3 * 8 * 4 = 16
+    arms = ranked["arms"]
+    assert (arms.test, arms.k, arms.n_blocks, arms.n_dropped) == ("friedman", 3, 8, 0)
+    assert list(arms.avg_ranks.index) == [ARM0, ARM2, "scratch"]
+    np.testing.assert_allclose(arms.avg_ranks, [1, 2, 3])
+    assert arms.statistic == pytest.approx(16.0)
+    assert arms.p == pytest.approx(math.exp(-8))  # chi-square with 2 df
+    assert arms.cd == pytest.approx(2.343 * math.sqrt(3 * 4 / (6 * 8)), rel=5e-4)  # Demsar q
+
+    # Two identical architectures: Wilcoxon instead of Friedman, no non-zero difference
+    architectures = ranked["architectures"]
+    assert (architectures.test, architectures.k, architectures.n_blocks) == ("wilcoxon", 2, 12)
+    np.testing.assert_allclose(architectures.avg_ranks, [1.5, 1.5])
+    assert math.isnan(architectures.p)
+
+    # One architecture, scratch only: nothing to rank
+    assert rankings(make_trials()[lambda t: t["init"] == "scratch"]) == {}
+
+
+def test_rankings_drop_blocks_lacking_a_treatment() -> None:
+    trials = make_trials(("tiny", "small"))
+    gone = (
+        (trials["init"] == "scratch")
+        & (trials["architecture"] == "small")
+        & (trials["downstream"] == "down_b")
+        & (trials["data_fraction"] == 1.0)
+    )
+    ranked = rankings(trials[~gone.to_numpy()])
+    assert (ranked["arms"].n_blocks, ranked["arms"].n_dropped) == (7, 1)
+    assert (ranked["architectures"].n_blocks, ranked["architectures"].n_dropped) == (11, 1)
+
+
+def test_write_report_rankings_and_data_efficiency(tmp_path) -> None:
+    written = write_report(make_trials(("tiny", "small")), tmp_path, ["test_macro_auroc"])
+    table = pd.read_csv(written["friedman_arms.csv"])
+    assert list(table["treatment"]) == [ARM0, ARM2, "scratch"]
+    np.testing.assert_allclose(table["avg_rank"], [1, 2, 3])
+    np.testing.assert_allclose(table["p"], math.exp(-8))
+    assert table["cd"].iloc[0] == pytest.approx(2.343 / 2, rel=5e-4)
+    assert set(table["test"]) == {"friedman"} and set(table["n_blocks"]) == {8}
+    pairwise = pd.read_csv(written["friedman_arms_pairwise.csv"])
+    assert list(zip(pairwise["a"], pairwise["b"], strict=True)) == [
+        (ARM0, ARM2),
+        (ARM0, "scratch"),
+        (ARM2, "scratch"),
+    ]
+    # 8 blocks, all one sign: exact p = 2 / 2**8 each, Holm 3 * that
+    np.testing.assert_allclose(pairwise["wilcoxon_p"], 2 / 2**8)
+    np.testing.assert_allclose(pairwise["holm_p"], 3 * 2 / 2**8)
+    assert "friedman_architectures.csv" in written
+
+    efficiency = pd.read_csv(written["data_efficiency.csv"])
+    assert len(efficiency) == 16 and efficiency["reached"].sum() == 8
+
+    text = written["summary.md"].read_text()
+    assert "3 arms over 8 complete block(s). Friedman chi2 = 16.000, p = 0.000335." in text
+    assert "With two architectures the Friedman test does not apply" in text
+    assert (
+        "| down_a | tiny | pretrained:up_a/task_x/freeze=0 | 0.1 | 0.690 | 0.224 | 2.24x |" in text
+    )
+    assert "| not reached within the measured fractions | n/a |" in text
+
+
+# --- epochs to match ------------------------------------------------------------------------
+
+
+def test_write_report_summarizes_epochs_to_match(tmp_path) -> None:
+    trials = make_trials()
+    curves = {
+        "scratch": [0.9, 0.7, 0.5, 0.6],  # best 0.5 at epoch 3
+        "ft0": [0.8, 0.45, 0.4],  # reaches it at epoch 2
+        "ft2": [0.9, 0.8],  # never
+    }
+    rows = []
+    for unit in trials["unit_id"]:
+        curve = curves[unit.split("-")[3]]
+        rows += [{"unit_id": unit, "epoch": e + 1, "val_loss": v} for e, v in enumerate(curve)]
+    written = write_report(trials, tmp_path, ["test_macro_auroc"], epochs=pd.DataFrame(rows))
+
+    matched = pd.read_csv(written["epochs_to_match.csv"])
+    assert len(matched) == 24 and matched["epochs_to_match"].isna().sum() == 12
+    summary = pd.read_csv(written["epochs_to_match_summary.csv"])
+    assert len(summary) == 4  # downstream x arm
+    row = _one(summary, downstream="down_a", arm=ARM0)
+    assert (row["n_trials"], row["n_matched"], row["n_never"]) == (6, 6, 0)
+    assert (row["median_epochs_to_match"], row["median_scratch_best_epoch"]) == (2, 3)
+    row = _one(summary, downstream="down_b", arm=ARM2)
+    assert (row["n_matched"], row["n_never"]) == (0, 6)
+    text = written["summary.md"].read_text()
+    assert f"| down_a | tiny | {ARM0} | 6 | 6 | 0 | 2 | 3 |" in text
+    assert f"| down_b | tiny | {ARM2} | 6 | 0 | 6 | n/a | 3 |" in text
+    # without epochs: no such part
+    assert "epochs_to_match.csv" not in write_report(trials, tmp_path / "plain")
