@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from study.errors import StudyError
+from study.errors import ConfigError, StudyError
 
 DEFAULT_STORAGE = "studies"
 
@@ -67,7 +67,10 @@ def _finish(outcome, report_dir: Path | None) -> int:
         from analysis import report_study
 
         paths = report_study(uri, report_dir)
-        print(f"report: {report_dir} ({len(paths)} files; summary: {paths.get('summary.md')})")
+        print(
+            f"report: {report_dir} ({len(paths)} files; open {paths.get('index.html')} in a "
+            f"browser; summary: {paths.get('summary.md')})"
+        )
     return 0 if outcome.complete else 1
 
 
@@ -108,9 +111,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis import report_study
 
-    paths = report_study(args.study, Path(args.out))
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    paths = report_study(args.study, Path(args.out), n_boot=args.bootstrap)
     for name, p in sorted(paths.items()):
         print(f"{name}: {p}")
+    print(f"open {Path(args.out) / 'index.html'} in a browser for the whole report")
     return 0
 
 
@@ -289,9 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cache", default=None, help="cache folder (default ~/.cache/ecg-study)")
     d.set_defaults(fn=_cmd_data_prepare)
 
-    s = sub.add_parser("report", help="figures and tables from the stored results")
+    s = sub.add_parser("report", help="figures, tables and index.html from the stored results")
     s.add_argument("study")
     s.add_argument("--out", required=True, help="output folder")
+    s.add_argument(
+        "--bootstrap",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="paired bootstrap replicates per cell from the stored test predictions "
+        "(default 2000; 0: t-intervals over repeats only)",
+    )
     s.set_defaults(fn=_cmd_report)
     return p
 

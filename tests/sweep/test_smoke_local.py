@@ -3,6 +3,7 @@ Tune fine-tuning, one result row per planned unit, and a report from the store a
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from analysis import report_study
@@ -39,9 +40,26 @@ def test_smoke_study_end_to_end_then_rerun_does_nothing(ray_local, tmp_path, cac
     after = trials(store).set_index("unit_id").finished_at
     assert before.equals(after)  # nothing was re-run
 
-    paths = report_study(store.uri, tmp_path / "report")
+    paths = report_study(store.uri, tmp_path / "report", n_boot=200)
     assert (tmp_path / "report" / "summary.md").stat().st_size > 0
     assert any(str(p).endswith(".png") for p in paths.values())
+    # the stored test predictions give every pretrained cell a bootstrap interval, and
+    # DeLong's test where one repeat pair is compared (this study has one repeat)
+    boot = pd.read_csv(paths["bootstrap.csv"])
+    assert len(boot) == 4 and boot["boot_low"].notna().all(), boot
+    assert (boot["boot_low"] <= boot["boot_gain"]).all()
+    assert boot["delong_p"].between(0, 1).all()
+    for name in ("gain_vs_fraction.png", "gain_vs_freeze_depth.png", "learning_curves.png"):
+        assert name in paths, sorted(paths)
+    # the page: self-contained, every figure loads, nothing logged to the console
+    from tests.analysis.test_page import load
+
+    attributes, console = load(paths["index.html"], tmp_path)
+    assert attributes.get("data-images-ok") == "true", attributes
+    assert int(attributes["data-images-total"]) >= 5
+    assert console == []
+    html = paths["index.html"].read_text()
+    assert "Headlines (chosen on validation)" in html and "spec.yaml" in html
 
 
 @pytest.mark.slow
