@@ -40,6 +40,7 @@ __all__ = [
     "PALETTE",
     "DIVERGING_CMAP",
     "arm_words",
+    "treatment_words",
     "architecture_words",
     "dataset_words",
     "task_words",
@@ -213,7 +214,7 @@ def arm_words(upstream: object, pretrain_task: object, freeze_depth: object = No
     return f"{words}, {_freeze_words(int(freeze_depth))}"
 
 
-def _treatment_words(name: object) -> str:
+def treatment_words(name: object) -> str:
     """A treatment of a rank comparison: arm labels of analysis.report in words."""
     text = str(name)
     if text == "scratch":
@@ -761,7 +762,7 @@ def critical_difference_figure(avg_ranks: pd.Series, cd: float, title: str) -> F
         raise DataError(f"cd must be a positive number, got {cd!r}")
     k = len(ranks)
     values = ranks.tolist()
-    names = [textwrap.fill(f"{_treatment_words(n)} ({r:.2f})", 32) for n, r in ranks.items()]
+    names = [textwrap.fill(f"{treatment_words(n)} ({r:.2f})", 32) for n, r in ranks.items()]
     lines = max(name.count("\n") + 1 for name in names)
     high = max(k, math.ceil(values[-1]))
     text_w, axis_w = 2.6, 4.4  # inches: a name column each side, the rank axis between
@@ -875,7 +876,10 @@ def learning_curve_figures(
     epochs = _check(epochs, _EPOCH_COLUMNS, "epochs")
     trials["freeze_depth"] = trials["freeze_depth"].fillna(0).astype(int)
     trials["data_fraction"] = trials["data_fraction"].astype(float)
-    frame = trials.merge(epochs[list(_EPOCH_COLUMNS)], on="unit_id", how="inner")
+    # only the trials' axes: a trials table has its own val_loss (of the selected epoch)
+    frame = trials[list(_TRIAL_COLUMNS)].merge(
+        epochs[list(_EPOCH_COLUMNS)], on="unit_id", how="inner"
+    )
     frame = frame[frame["val_loss"].notna()]
     if frame.empty:
         raise DataError("no epoch with a validation loss belongs to the trials given")

@@ -748,7 +748,7 @@ def _plot_finetune_vs_scratch(summary: pd.DataFrame, metric: str, path: Path) ->
             )
             handles.setdefault(arm, container)
         _log_ticks(ax, fractions)
-        ax.set_title(f"{dataset_words(downstream)}, {architecture_words(architecture)}")
+        ax.set_title(f"{dataset_words(downstream)}\n{architecture_words(architecture)}")
         ax.set_xlabel("share of the downstream training set")
         ax.set_ylabel(f"{metric_label(metric)} (mean, {CONFIDENCE:.0%} CI)")
         ax.grid(True, alpha=0.3)
@@ -805,7 +805,7 @@ def _plot_freeze_depth(summary: pd.DataFrame, metric: str, path: Path) -> None:
                     capsize=3,
                 )
         ax.set_xticks([int(d) for d in depths])
-        ax.set_title(f"{dataset_words(downstream)}, {architecture_words(architecture)}")
+        ax.set_title(f"{dataset_words(downstream)}\n{architecture_words(architecture)}")
         ax.set_xlabel(_freeze_axis_words(cell))
         ax.set_ylabel(f"{metric_label(metric)} (mean, {CONFIDENCE:.0%} CI)")
         ax.grid(True, alpha=0.3)

@@ -18,11 +18,14 @@ import pyarrow.parquet as pq
 
 from analysis._contract import CONFIDENCE
 from analysis.figures import (
+    architecture_words,
+    dataset_words,
     plot_critical_difference,
     plot_gain_heatmap,
     plot_gain_vs_fraction,
     plot_gain_vs_freeze,
     plot_learning_curves,
+    treatment_words,
 )
 from analysis.load import load_epochs, load_trials
 from analysis.page import PageFigure, PageTable, Section, write_page
@@ -94,10 +97,14 @@ def report_study(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     has_pretrained = bool((trials["init"] == "pretrained").any())
-    bootstrap = None
+    bootstrap, problem = None, None
     if n_boot > 0 and has_pretrained and primary in supported_metrics():
         say(f"report: paired bootstrap of {primary} ({n_boot} replicates per cell)")
-        bootstrap = bootstrap_table(trials, store, primary, n_boot=n_boot, seed=seed)
+        try:
+            bootstrap = bootstrap_table(trials, store, primary, n_boot=n_boot, seed=seed)
+        except DataError as e:  # e.g. an unreadable predictions file: named, not fatal
+            problem = f"no bootstrap: {e}"
+            say(f"report: {problem}")
     tables = report_tables(trials, metrics, epochs, bootstrap)
     written = write_tables(tables, trials, out)
     if bootstrap is not None:
@@ -113,7 +120,7 @@ def report_study(
         out,
         title=f"Study {_study_name(store, trials)}: fine-tuned vs. from scratch",
         provenance=_provenance(store, trials),
-        sections=_sections(tables, trials, figures, bootstrap, _spec_text(store), n_boot),
+        sections=_sections(tables, trials, figures, bootstrap, _spec_text(store), n_boot, problem),
     )
     written[page.name] = page
     return written
@@ -224,6 +231,72 @@ def _figures(
 
 # --- the page --------------------------------------------------------------------------------
 
+
+def _readable(frame: pd.DataFrame, formats: dict[str, str]) -> tuple:
+    """The columns of `formats` that `frame` has, names in words (datasets, architectures,
+    arms), as (frame, formats) for a PageTable."""
+    shown = frame[[c for c in formats if c in frame]].copy()
+    if "arm" in shown:
+        shown["arm"] = [treatment_words(a) for a in shown["arm"]]
+    for column in ("downstream", "upstream"):
+        if column in shown:
+            shown[column] = [dataset_words(v) if isinstance(v, str) else v for v in shown[column]]
+    if "architecture" in shown:
+        shown["architecture"] = [architecture_words(v) for v in shown["architecture"]]
+    return shown, {c: f for c, f in formats.items() if c in shown}
+
+
+def _table(caption: str, frame: pd.DataFrame, formats: dict[str, str]) -> PageTable:
+    return PageTable(caption, *_readable(frame, formats))
+
+
+_HEADLINE_FORMATS = {
+    "downstream": "",
+    "architecture": "",
+    "data_fraction": "g",
+    "arm": "",
+    "selected_on": "",
+    "val_mean_diff": "+.3f",
+    "n_candidates": "",
+    "mean_diff": "+.3f",
+    "ci_low": "+.3f",
+    "ci_high": "+.3f",
+    "boot_low": "+.3f",
+    "boot_high": "+.3f",
+    "holm_p": ".3g",
+}
+_SUMMARY_FORMATS = {
+    "downstream": "",
+    "architecture": "",
+    "arm": "",
+    "data_fraction": "g",
+    "n": "",
+    "mean": ".3f",
+    "std": ".3f",
+    "ci_low": ".3f",
+    "ci_high": ".3f",
+}
+_EFFICIENCY_FORMATS = {
+    "downstream": "",
+    "architecture": "",
+    "arm": "",
+    "data_fraction": "g",
+    "mean": ".3f",
+    "reached": "",
+    "scratch_fraction_needed": ".3g",
+    "data_multiplier": ".2f",
+}
+_MATCHED_FORMATS = {
+    "downstream": "",
+    "architecture": "",
+    "arm": "",
+    "n_trials": "",
+    "n_matched": "",
+    "n_never": "",
+    "median_epochs_to_match": ".1f",
+    "median_scratch_best_epoch": ".1f",
+}
+
 _PAIRED_FORMATS = {
     "downstream": "",
     "architecture": "",
@@ -255,6 +328,7 @@ def _sections(
     bootstrap: pd.DataFrame | None,
     spec: str | None,
     n_boot: int,
+    problem: str | None = None,
 ) -> list[Section]:
     primary = tables.primary
     label = metric_label(primary)
@@ -288,14 +362,23 @@ def _sections(
                     "Per downstream dataset, architecture and data fraction: the pretrained "
                     "arm with the best mean paired validation difference, and its test gain.",
                 ),
-                tables=(PageTable("The arm chosen on validation per cell", selected),),
+                tables=(
+                    _table(
+                        f"The arm chosen on validation per cell, and its test gain in {label}",
+                        selected.merge(
+                            paired.drop(columns=["upstream", "pretrain_task", "freeze_depth"]),
+                            on=["downstream", "architecture", "data_fraction", "arm"],
+                            how="left",
+                        ),
+                        _HEADLINE_FORMATS,
+                    ),
+                ),
             )
         )
     if "gain" in figures:
         sections.append(Section("Gain from pretraining", figures=figures["gain"]))
     sections.append(Section(f"Test {label} per arm", figures=figures.get("metric", [])))
     if len(paired):
-        shown = paired[[c for c in _PAIRED_FORMATS if c in paired]]
         notes = [
             "Wilcoxon signed-rank p-values over the repeats, with Holm (family-wise) and "
             "Benjamini-Hochberg (false discovery) adjustments over the whole table "
@@ -303,6 +386,8 @@ def _sections(
             "(with 3 pairs, 0.25): a cell whose min_p is above 0.05 cannot be significant "
             "whatever the effect.",
         ]
+        if problem:
+            notes.append(f"The bootstrap could not be computed ({problem}).")
         if bootstrap is not None:
             notes.append(
                 f"boot_low/boot_high: the {CONFIDENCE:.0%} paired bootstrap interval of the "
@@ -315,11 +400,7 @@ def _sections(
                 "Paired differences",
                 paragraphs=tuple(notes),
                 tables=(
-                    PageTable(
-                        f"Pretrained minus from scratch, test {label}",
-                        shown,
-                        {c: f for c, f in _PAIRED_FORMATS.items() if c in shown},
-                    ),
+                    _table(f"Pretrained minus from scratch, test {label}", paired, _PAIRED_FORMATS),
                 ),
             )
         )
@@ -332,10 +413,11 @@ def _sections(
             from analysis.curves import summarize_epochs_to_match
 
             matched_rows = [
-                PageTable(
+                _table(
                     "Epochs until a fine-tuned model reaches its from-scratch partner's best "
                     "validation loss",
                     summarize_epochs_to_match(tables.matched),
+                    _MATCHED_FORMATS,
                 )
             ]
         sections.append(
@@ -346,7 +428,15 @@ def _sections(
                     "pretrained cell's mean (interpolated in log fraction between measured "
                     "fractions, never extrapolated), and that share over the cell's own.",
                 ),
-                tables=(PageTable("Data efficiency", efficiency), *matched_rows),
+                tables=(
+                    _table(
+                        "From-scratch share of the training set that reaches each pretrained "
+                        "cell's mean",
+                        efficiency,
+                        _EFFICIENCY_FORMATS,
+                    ),
+                    *matched_rows,
+                ),
             )
         )
     if "curves" in figures:
@@ -354,7 +444,7 @@ def _sections(
     sections.append(
         Section(
             "Per arm",
-            tables=(PageTable(f"Test {label}, mean over repeats", summary),),
+            tables=(_table(f"Test {label}, mean over repeats", summary, _SUMMARY_FORMATS),),
         )
     )
     if spec:

@@ -123,9 +123,9 @@ PRETRAIN_SCHEMA = pa.schema(
 #: example, in the order of the test split (the same order for every unit on one prepared
 #: dataset, so two units' rows pair by position; record_id and frame_start say so).
 #: Schema metadata (bytes keys): b"classes" (JSON list, the columns of y_true/y_prob),
-#: b"task" (the objective: multi_label, single_label or per_sample), b"thresholds" (JSON:
-#: the decision rule chosen on validation, as the trials row's decision_thresholds),
-#: b"fs" (the sampling rate, per_sample tasks).
+#: b"task" (plain text, the objective: multi_label, single_label or per_sample),
+#: b"thresholds" (JSON: the decision rule chosen on validation, as the trials row's
+#: decision_thresholds), b"fs" (JSON number: the sampling rate, per_sample tasks).
 PREDICTIONS_SCHEMA = pa.schema(
     [
         ("unit_id", pa.string()),

@@ -306,9 +306,9 @@ def _predictions_table(
         else:
             arrays.append(pa.array(value, type=f.type))
     table = pa.Table.from_arrays(arrays, schema=PREDICTIONS_SCHEMA)
-    return table.replace_schema_metadata(
-        {k.encode(): json.dumps(v).encode() for k, v in meta.items()}
-    )
+    # the task as plain text, the rest as JSON (study.schema.PREDICTIONS_SCHEMA)
+    encoded = {k.encode(): (v if k == "task" else json.dumps(v)).encode() for k, v in meta.items()}
+    return table.replace_schema_metadata(encoded)
 
 
 def _epochs_table(uid: str, history: list[dict]) -> pa.Table:

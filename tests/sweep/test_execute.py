@@ -159,9 +159,16 @@ def test_a_unit_stores_its_test_predictions_before_its_row(study):
 
     table = pq.read_table(store.path(predictions_path(unit.unit_id)))
     assert table.schema.remove_metadata() == PREDICTIONS_SCHEMA
-    meta = {k.decode(): json.loads(v) for k, v in table.schema.metadata.items()}
+    meta = table.schema.metadata
     data = open_prepared(store, unit.config.data_key)
-    assert meta["classes"] == data.classes and meta["task"] == row["task"]
+    assert json.loads(meta[b"classes"]) == data.classes and meta[b"task"].decode() == row["task"]
+    # the analysis layer reads it back and recomputes the row's number from it
+    from analysis.uncertainty import load_predictions, metric_function
+
+    (pred,) = load_predictions(store, [unit.unit_id]).values()
+    assert metric_function("test_macro_auroc", pred.task)(pred) == pytest.approx(
+        row["test_macro_auroc"], abs=1e-6
+    )
     test_idx = data.split_indices("test")
     frame = table.to_pandas()
     assert frame["record_id"].tolist() == data.records["record_id"].iloc[test_idx].tolist()

@@ -224,3 +224,19 @@ def test_a_changed_model_gets_new_unit_ids():
         expected = revision if revision > 1 else None
         assert u.config.architecture_revision == expected
     assert model_revision("resnet1d50") == 2 and model_revision("gru") == 1
+
+
+def test_study_plan_prints_the_cost_of_pretraining_seeds(tmp_path, capsys):
+    import yaml
+
+    from study.cli import main
+
+    spec = copy.deepcopy(BASE)
+    spec["pretrain"] = {"repeats": 3, "epochs": 7}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "cost: 12 pretraining runs of up to 7 epochs" in out
+    assert "3 pretraining seeds" in out and "4 runs with one seed" in out
+    assert "pretrain_repeat" in out  # the axis of the pretraining stage

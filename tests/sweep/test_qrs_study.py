@@ -88,3 +88,7 @@ def test_qrs_pretraining_then_noisy_fine_tuning_on_cpsc2019(tmp_path, cache_dir,
         assert frame["y_prob"].isna().all()  # no per-sample probabilities are kept
         got = qrs_metrics_records(list(frame["qrs_reference"]), list(frame["qrs_detected"]), fs)
         assert got["f1"] == pytest.approx(rows[unit.stage]["test_qrs_f1"])
+        from analysis.uncertainty import load_predictions, metric_function
+
+        (pred,) = load_predictions(store, [unit.unit_id]).values()
+        assert metric_function("test_qrs_f1", "per_sample")(pred) == pytest.approx(got["f1"])
