@@ -25,6 +25,7 @@ __all__ = [
     "CONFIDENCE",
     "INITS",
     "CELL",
+    "CELL_COLUMNS",
     "PAIR_KEY",
     "arm_label",
     "prepare_trials",
@@ -47,6 +48,18 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 CONFIDENCE = 0.95  # of every interval reported (two-sided)
 INITS = ("pretrained", "scratch")
 CELL = ["downstream", "architecture", "arm", "data_fraction"]
+#: The leading columns of every per-cell table (paired, data efficiency, bootstrap): the
+#: metric, the cell, and what its arm is made of.
+CELL_COLUMNS = (
+    "metric",
+    "downstream",
+    "architecture",
+    "arm",
+    "upstream",
+    "pretrain_task",
+    "freeze_depth",
+    "data_fraction",
+)
 PAIR_KEY = ["architecture", "downstream", "data_fraction"]  # + repeat
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analysis._contract import (
+    CELL_COLUMNS,
     prepare_trials,
 )
 from study.errors import DataError
@@ -36,14 +37,7 @@ _MATCH_SUMMARY_COLUMNS = [
     "median_scratch_best_epoch",
 ]
 _EFFICIENCY_COLUMNS = [
-    "metric",
-    "downstream",
-    "architecture",
-    "arm",
-    "upstream",
-    "pretrain_task",
-    "freeze_depth",
-    "data_fraction",
+    *CELL_COLUMNS,
     "mean",
     "scratch_fractions",
     "reached",

@@ -35,6 +35,7 @@ from matplotlib.ticker import NullFormatter, NullLocator
 
 from analysis._contract import (
     CELL,
+    CELL_COLUMNS,
     CONFIDENCE,
     PAIR_KEY,
     REQUIRED_COLUMNS,
@@ -117,14 +118,7 @@ _SUMMARY_COLUMNS = [
     "ci_high",
 ]
 _PAIRED_COLUMNS = [
-    "metric",
-    "downstream",
-    "architecture",
-    "arm",
-    "upstream",
-    "pretrain_task",
-    "freeze_depth",
-    "data_fraction",
+    *CELL_COLUMNS,
     "n_pairs",
     "n_unpaired",
     "n_nan",

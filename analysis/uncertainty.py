@@ -82,6 +82,7 @@ from tqdm import tqdm
 
 from analysis._contract import (
     CELL,
+    CELL_COLUMNS,
     PAIR_KEY,
     prepare_trials,
     sort_cells,
@@ -114,14 +115,7 @@ _QRS_TOLERANCE_S = 0.15
 # of a block of replicates to some tens of MB whatever the size of the test split.
 _CHUNK_ELEMENTS = 1 << 22
 _TABLE_COLUMNS = [
-    "metric",
-    "downstream",
-    "architecture",
-    "arm",
-    "upstream",
-    "pretrain_task",
-    "freeze_depth",
-    "data_fraction",
+    *CELL_COLUMNS,
     "n_repeats",
     "n_patients",
     "n_rows",
