@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shlex
+import socket
 import sys
+import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from study.errors import ConfigError, StudyError
 
 DEFAULT_STORAGE = "studies"
+#: Where `study submit` finds the job server by default: `ray dashboard cluster.yaml`
+#: forwards the head's dashboard (which serves the Jobs API) there.
+DEFAULT_JOB_SERVER = "http://127.0.0.1:8265"
+#: Seconds to wait for the job server's port before saying there is none.
+PROBE_TIMEOUT_S = 5.0
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -82,30 +92,240 @@ def _report_dir(args: argparse.Namespace, uri: str) -> Path | None:
     return Path(uri) / "report" if "://" not in uri else Path("report") / Path(uri).name
 
 
+def _output_folder(path: str, flag: str) -> Path:
+    """`path` as a folder to write into (made if missing), checked before any work is done.
+
+    Raises:
+        ConfigError: `path`, or a folder above it, is an existing file.
+    """
+    out = Path(path)
+    for p in (out, *out.parents):
+        if p.exists():
+            if p.is_dir():
+                break
+            if p == out:
+                raise ConfigError(f"{flag} must be a folder, got {path!r}: an existing file")
+            raise ConfigError(f"{flag} must be a folder, got {path!r}: {p} is a file")
+    return out
+
+
+def _check_run_options(args: argparse.Namespace) -> None:
+    """What `run` and `resume` can check in a second, before any work: the report folder
+    and the Ray address (an unreachable cluster fails here, not after the data is ready)."""
+    from study.sweep.runner import check_ray_address
+
+    if args.report and not args.no_report:
+        _output_folder(args.report, "--report")
+    check_ray_address(args.address)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from study.sweep.load import load_spec
+    from study.sweep.load import check_study_name, load_spec
     from study.sweep.runner import run_study
 
     spec = load_spec(args.spec)
-    outcome = run_study(spec, args.storage, name=args.name, address=args.address)
+    if args.name is not None:
+        check_study_name(args.name)
+    _check_run_options(args)
+    outcome = run_study(
+        spec, args.storage, name=args.name, address=args.address, takeover=args.takeover
+    )
     return _finish(outcome, _report_dir(args, outcome.store.uri))
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from study.sweep.runner import resume_study
 
-    outcome = resume_study(args.study, address=args.address)
+    _check_run_options(args)
+    outcome = resume_study(args.study, address=args.address, takeover=args.takeover)
     return _finish(outcome, _report_dir(args, outcome.store.uri))
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    from study.sweep.runner import failures, study_status
+def _probe(host: str, port: int) -> str | None:
+    """None when `host:port` accepts a TCP connection within PROBE_TIMEOUT_S, else why not."""
+    try:
+        with socket.create_connection((host, port), PROBE_TIMEOUT_S):
+            return None
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        return f"{reason} within {PROBE_TIMEOUT_S:g} s"
 
-    table = study_status(args.study)
-    print(table.to_string())
-    for m in failures(args.study)[: args.show_failures]:
-        print(f"failed {m['unit_id']} on {m['host']} at {m['updated_at']}: {m.get('error')}")
+
+@contextlib.contextmanager
+def _without_env(*names: str):
+    """Ray's job client lets RAY_API_SERVER_ADDRESS and RAY_ADDRESS override the address it
+    is given: hide them while it connects, so that --address means what it says."""
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _job_client(address: str | None):
+    """A Ray JobSubmissionClient for the job server at `address` (else
+    RAY_API_SERVER_ADDRESS, an http:// RAY_ADDRESS, else DEFAULT_JOB_SERVER).
+
+    Raises:
+        ConfigError: the address is not http(s)://HOST:PORT, or no job server answers there.
+    """
+    import requests
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    env = os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS", "")
+    address = address or (env if env.startswith(("http://", "https://")) else DEFAULT_JOB_SERVER)
+    parsed = urlparse(address)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(
+            "study submit --address must be a Ray job server http://HOST:PORT (the head's "
+            f"dashboard, port 8265 by default), got {address!r}"
+        )
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    start = (
+        "start a cluster with `ray start --head --dashboard-host=0.0.0.0` (its job server "
+        "listens on port 8265), or forward one with `ray dashboard cluster.yaml`"
+    )
+    why = _probe(parsed.hostname, port)
+    if why is None:
+        try:
+            with _without_env("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+                return JobSubmissionClient(address)
+        except AuthenticationError as e:  # Ray's token auth (~/.ray/auth_token, RAY_AUTH_TOKEN)
+            raise ConfigError(
+                f"the Ray job server at {address} refused this machine's Ray token: "
+                f"{str(e).splitlines()[0]}"
+            ) from None
+        except (ConnectionError, RuntimeError, requests.RequestException) as e:
+            why = " ".join(str(e).split())
+    raise ConfigError(f"no Ray job server at {address} ({why}); {start}")
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from study.sweep.load import check_study_name, load_spec
+    from study.sweep.runner import CODE_VERSION_ENV, describe_commit
+
+    spec = load_spec(args.spec)  # a broken spec fails here, not on the cluster
+    name = check_study_name(args.name) if args.name is not None else spec.name
+    root = Path.cwd()
+    if not (root / "study" / "cli.py").is_file():
+        raise ConfigError(
+            "study submit uploads the working directory as the job's code: run it from the "
+            f"repository root (the folder holding study/ and pyproject.toml), not {root}"
+        )
+    try:
+        spec_rel = Path(args.spec).resolve().relative_to(root)
+    except ValueError:
+        raise ConfigError(
+            f"SPEC must lie inside the working directory {root}, which the job receives, "
+            f"got {args.spec}"
+        ) from None
+    storage = args.storage
+    if "://" not in storage and not Path(storage).is_absolute():
+        raise ConfigError(
+            "study submit --storage must be s3://bucket/prefix or an absolute path every "
+            "node sees (a shared filesystem): a relative path would land in the job's "
+            f"temporary working directory on the cluster, got {storage!r}"
+        )
+    extra = args.extra
+    taken = [a for a in extra if a.split("=", 1)[0] in ("--storage", "--name", "--address")]
+    if taken:
+        raise ConfigError(
+            f"give --storage and --name to study submit itself, and no --address (the job "
+            f"runs on the cluster and connects to it); got {' '.join(taken)} after --"
+        )
+    command = ["run", spec_rel.as_posix(), "--storage", storage, "--name", name, *extra]
+    build_parser().parse_args(command)  # a bad option fails here (argparse, exit 2)
+    commit = describe_commit(root)
+    if commit is None:
+        print(
+            f"warning: {root} is not a git checkout: the study's rows will record an unknown "
+            "commit",
+            file=sys.stderr,
+        )
+    runtime_env: dict = {"working_dir": "."}
+    if commit:
+        runtime_env["env_vars"] = {CODE_VERSION_ENV: commit}
+    client = _job_client(args.address)
+    try:
+        job_id = client.submit_job(
+            entrypoint=shlex.join(["python", "-m", "study.cli", *command]),
+            runtime_env=runtime_env,
+            metadata={"study": name, "storage": storage, "commit": commit or "unknown"},
+        )
+    except (RuntimeError, ValueError, OSError) as e:  # e.g. a working dir over Ray's limit
+        raise ConfigError(
+            f"the Ray job server at {client.get_address()} did not take the job: "
+            f"{' '.join(str(e).split())}"
+        ) from None
+    uri = storage.rstrip("/") + "/" + name
+    server = client.get_address()
+    print(f"submitted job {job_id} (study {name}, commit {commit or 'unknown'}) to {server}")
+    print(f"follow it: ray job logs --follow --address {server} {job_id}")
+    print(f"then: study status {uri}; study report {uri} --out report/")
+    if not args.wait:
+        return 0
+    return _wait_for_job(client, job_id)
+
+
+def _wait_for_job(client, job_id: str) -> int:
+    """Wait for the job to end; 0 if it succeeded, else 1 with its last log lines."""
+    from ray.job_submission import JobStatus
+
+    status = client.get_job_status(job_id)
+    while not status.is_terminal():
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    print(f"job {job_id}: {status.value}")
+    if status == JobStatus.SUCCEEDED:
+        return 0
+    tail = client.get_job_logs(job_id).splitlines()[-20:]
+    print("\n".join(f"  {line}" for line in tail), file=sys.stderr)
+    return 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from study.sweep.runner import inspect_study
+
+    state = inspect_study(args.study)
+    print(state.table.to_string())
+    lease, shown = state.lease, args.show_failures
+    if lease is None:
+        print("driver: none (no driver holds the study)")
+    elif lease.live():
+        print(f"driver: {lease.describe()}")
+    else:
+        gone = "stopping" if lease.state == "stopping" and not lease.gone() else "expired"
+        gone = "of a dead driver" if lease.holder_dead() else gone
+        print(f"driver: lease {gone}: {lease.describe()}")
+    for rel, why in sorted(state.corrupt.items()):
+        print(f"corrupt {rel}: {why} (`study resume` moves it aside and runs its unit again)")
+    for kind in ("interrupted", "failed"):
+        rows = state.markers(kind)
+        for m in rows[:shown]:
+            print(f"{kind} {m['unit_id']} on {m['host']} at {m['updated_at']}: {m['error']}")
+        if len(rows) > shown:
+            print(f"... and {len(rows) - shown} more {kind} (--show-failures N lists more)")
     return 0
+
+
+def _open_for_report(uri: str) -> None:
+    """What a report needs of the study before reading its results: the store (a missing
+    bucket is named), a readable spec.yaml, and plan.parquet (written again if deleted).
+
+    The spec is not checked against this code's rules here unless the plan must be
+    rewritten: a study planned by an older version still gets its report.
+    """
+    from study.store import Store
+    from study.sweep.load import read_stored_spec
+
+    store = Store(uri)
+    store.check_bucket()
+    read_stored_spec(store)
+    if not store.exists("plan.parquet"):
+        from study.sweep.runner import load_study
+
+        load_study(uri, check_plan=False)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -113,6 +333,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    _output_folder(args.out, "--out")
+    _open_for_report(args.study)
     paths = report_study(args.study, Path(args.out), n_boot=args.bootstrap)
     for name, p in sorted(paths.items()):
         print(f"{name}: {p}")
@@ -249,6 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="where to write the report (default: STUDY/report for a local store)",
         )
         s.add_argument("--no-report", action="store_true", help="do not write a report at the end")
+        s.add_argument(
+            "--takeover",
+            action="store_true",
+            help="take the study's lease from another driver whose heartbeat is still fresh "
+            "(it stops at its next heartbeat); an expired lease is taken over without it",
+        )
 
     s = sub.add_parser("run", help="run a study (units already in the store are not re-run)")
     s.add_argument("spec")
@@ -261,14 +489,48 @@ def build_parser() -> argparse.ArgumentParser:
     run_opts(s)
     s.set_defaults(fn=_cmd_run)
 
+    s = sub.add_parser(
+        "submit",
+        help="run a study on a cluster as a Ray job (the code and its commit travel with it)",
+        usage="study submit SPEC [--storage URI] [--name NAME] [--address http://HEAD:8265] "
+        "[--wait] [-- RUN_OPTION ...]",
+        description="Submit `python -m study.cli run SPEC ...` to a Ray job server, with the "
+        "working directory as the job's code and its git commit recorded in every row. "
+        "Options after -- go to `study run` (e.g. -- --no-report).",
+    )
+    s.add_argument("spec", help="the experiment file, inside the working directory")
+    s.add_argument(
+        "--storage",
+        default=os.environ.get("STUDY_STORAGE"),
+        required="STUDY_STORAGE" not in os.environ,
+        help="s3://bucket/prefix, or an absolute path every node sees (default STUDY_STORAGE)",
+    )
+    s.add_argument("--name", default=None, help="study name under the storage (default: spec's)")
+    s.add_argument(
+        "--address",
+        default=None,
+        help="the job server, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, an http:// "
+        f"RAY_ADDRESS, else {DEFAULT_JOB_SERVER})",
+    )
+    s.add_argument("--wait", action="store_true", help="wait for the job; exit 0 if it succeeds")
+    s.set_defaults(fn=_cmd_submit)
+
     s = sub.add_parser("resume", help="finish an interrupted study from its store")
     s.add_argument("study", help="the study's URI, e.g. studies/quickstart or s3://b/p/name")
     run_opts(s)
     s.set_defaults(fn=_cmd_resume)
 
-    s = sub.add_parser("status", help="done / running / failed / pending units per stage")
+    s = sub.add_parser(
+        "status",
+        help="done / running / interrupted / failed / corrupt / pending units per stage",
+    )
     s.add_argument("study")
-    s.add_argument("--show-failures", type=int, default=10, help="failures to list (default 10)")
+    s.add_argument(
+        "--show-failures",
+        type=int,
+        default=10,
+        help="interrupted and failed units to list, each (default 10)",
+    )
     s.set_defaults(fn=_cmd_status)
 
     data = sub.add_parser("data", help="list, download and prepare datasets")
@@ -311,7 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if argv[:1] == ["submit"] and "--" in argv:  # what follows -- is for `study run`
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
+    args.extra = extra
     try:
         return args.fn(args)
     except StudyError as e:

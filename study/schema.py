@@ -11,7 +11,14 @@
                                         trials row; PREDICTIONS_SCHEMA)
 <study>/pretrained/<unit_id>/model.pt   pretrained weights; model.json: their config
 <study>/checkpoints/<unit_id>/last.pt   the last epoch of an unfinished unit
-<study>/runs/<unit_id>.json             running / failed marker with host and error
+<study>/runs/<unit_id>.json             running / failed / interrupted marker: host, error,
+                                        and the lease id of the driver that ran the unit
+<study>/driver.json                     the lease of the one driver running the study (holder's
+                                        host, pid, lease id, started_at, heartbeat_at; see
+                                        study.sweep.lease)
+<study>/results/corrupt/<table>/<unit_id>.parquet.<UTC time>
+                                        a result part that could not be read, moved aside by
+                                        run/resume before its unit runs again (never deleted)
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ __all__ = [
     "checkpoint_path",
     "weights_path",
     "run_marker_path",
+    "RESULT_TABLES",
+    "LEASE_PATH",
+    "corrupt_path",
 ]
 
 TRIALS_SCHEMA = pa.schema(
@@ -166,3 +176,16 @@ def weights_path(uid: str) -> str:
 
 def run_marker_path(uid: str) -> str:
     return f"runs/{uid}.json"
+
+
+#: The result tables whose parts mark a unit done (one row per unit, named by its id), each
+#: with its schema; `results/epochs` and `results/predictions` are written before them.
+RESULT_TABLES = {"trials": TRIALS_SCHEMA, "pretrain": PRETRAIN_SCHEMA}
+
+#: The driver lease (study.sweep.lease).
+LEASE_PATH = "driver.json"
+
+
+def corrupt_path(table: str, file_name: str, stamp: str) -> str:
+    """Where an unreadable part of results/<table> is moved aside (`stamp`: UTC time)."""
+    return f"results/corrupt/{table}/{file_name}.{stamp}"

@@ -7,6 +7,10 @@ debugged with `python -c` and no cluster.
 A unit's life in the store: a running marker; a checkpoint after each epoch (a re-run
 resumes from it); at the end the epochs table, then the result row (the row is written last:
 its presence means the unit is done); then the checkpoint is removed.
+
+Every marker records the lease id of the driver that started the unit (`env["lease_id"]`,
+study.sweep.lease), so a "running" marker whose driver is gone reads as interrupted, and a
+run that fails while its driver is stopping is recorded as interrupted, not failed.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from study.schema import (
     weights_path,
 )
 from study.store import Store
+from study.sweep.lease import driver_stopped
 from study.sweep.plan import Unit
 from study.training import (
     FitConfig,
@@ -64,6 +69,7 @@ __all__ = [
     "unit_objective",
     "hardware_string",
     "mark_interrupted",
+    "mark_failed",
 ]
 
 Report = Callable[[dict], None] | None
@@ -106,26 +112,47 @@ def open_prepared(store: Store, key: str) -> PreparedDataset:
     return PreparedDataset(path)
 
 
-def _mark_ended(store: Store, unit: Unit, e: BaseException) -> None:
-    """Record why a unit stopped: an error is a failure; Ctrl-C or a stopped actor is not."""
-    if isinstance(e, Exception):
-        _mark(
-            store,
-            unit,
-            "failed",
-            error=f"{type(e).__name__}: {e}",
-            traceback=traceback.format_exc()[-4000:],
-        )
-    else:
-        _mark(store, unit, "interrupted", error=type(e).__name__)
+def _mark_ended(store: Store, unit: Unit, e: BaseException, lease_id: str | None) -> None:
+    """Record why a unit stopped: an error is a failure; Ctrl-C, a stopped actor, or an
+    error while the unit's driver is stopping (its lease stopping, gone or another's: e.g.
+    gloo's "Connection reset" when the driver tore the DDP group down) is an interruption.
+    The store may be unreachable (that may be why the unit failed): then nothing is
+    recorded here, and the driver or `study status` (from the lease) says what happened."""
+    error = f"{type(e).__name__}: {e}"
+    try:
+        if isinstance(e, Exception) and not driver_stopped(store, lease_id):
+            _mark(
+                store,
+                unit,
+                "failed",
+                lease_id,
+                error=error,
+                traceback=traceback.format_exc()[-4000:],
+            )
+        elif isinstance(e, Exception):
+            mark_interrupted(
+                store, unit, lease_id, f"its driver stopped (the run then saw {error})"
+            )
+        else:
+            mark_interrupted(store, unit, lease_id, type(e).__name__)
+    except StorageError:
+        pass  # the error that ended the unit is what propagates
 
 
-def mark_interrupted(store: Store, unit: Unit) -> None:
-    """Record that the driver stopped `unit` (its workers may have had no chance to)."""
-    _mark(store, unit, "interrupted", error="stopped by the driver")
+def mark_interrupted(
+    store: Store, unit: Unit, lease_id: str | None = None, error: str = "stopped by the driver"
+) -> None:
+    """Record that `unit` was stopped, not broken (its workers may have had no chance to)."""
+    _mark(store, unit, "interrupted", lease_id, error=error)
 
 
-def _mark(store: Store, unit: Unit, state: str, **extra) -> None:
+def mark_failed(store: Store, unit: Unit, error: str, lease_id: str | None = None) -> None:
+    """Record that `unit` failed with `error` (the driver's record, where the unit's own
+    could not be written, e.g. its node died or the store was unreachable)."""
+    _mark(store, unit, "failed", lease_id, error=error)
+
+
+def _mark(store: Store, unit: Unit, state: str, lease_id: str | None = None, **extra) -> None:
     store.write_json(
         run_marker_path(unit.unit_id),
         {
@@ -134,6 +161,7 @@ def _mark(store: Store, unit: Unit, state: str, **extra) -> None:
             "state": state,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "lease_id": lease_id,
             "updated_at": datetime.now(UTC).isoformat(),
             **extra,
         },
@@ -204,13 +232,15 @@ def _fit_config(
     )
 
 
-def _epoch_callback(store: Store, unit: Unit, report: Report, persist: bool = True):
+def _epoch_callback(
+    store: Store, unit: Unit, report: Report, lease_id: str | None, persist: bool = True
+):
     """What `fit` calls after each epoch: checkpoint and marker (when `persist`), report."""
 
     def on_epoch(state: dict, record: dict) -> None:
         if persist:
             store.write_bytes(checkpoint_path(unit.unit_id), state_to_bytes(state))
-            _mark(store, unit, "running", epoch=record["epoch"])
+            _mark(store, unit, "running", lease_id, epoch=record["epoch"])
         if report is not None:
             report({k: v for k, v in record.items() if isinstance(v, int | float)})
 
@@ -246,6 +276,7 @@ def _commit(
     history: list[dict],
     rel: str,
     schema,
+    lease_id: str | None,
     predictions: pa.Table | None = None,
 ) -> None:
     """Epochs and test predictions first, the result row last (its presence means done),
@@ -255,7 +286,7 @@ def _commit(
         store.write_table(predictions_path(unit.unit_id), predictions)
     store.write_table(rel, pa.Table.from_pylist([row], schema=schema))
     store.delete_dir(f"checkpoints/{unit.unit_id}")
-    _mark(store, unit, "done")
+    _mark(store, unit, "done", lease_id)
 
 
 def _predictions_table(
@@ -327,7 +358,8 @@ def run_finetune_unit(
     Args:
         unit: a "finetune" or "scratch" unit.
         store: the study's store.
-        env: run facts that are not part of the unit's identity (code_version).
+        env: run facts that are not part of the unit's identity (code_version, and the
+            lease_id of the driver, recorded in the unit's run markers).
         report: called with each epoch's record (ray.tune.report inside Tune).
         device: "cpu" or "cuda".
 
@@ -338,7 +370,8 @@ def run_finetune_unit(
     if store.exists(trial_path(uid)):
         return None
     c = unit.config
-    _mark(store, unit, "running")
+    lease_id = env.get("lease_id")
+    _mark(store, unit, "running", lease_id)
     try:
         seed_everything(c.seed)
         data = open_prepared(store, c.data_key)
@@ -372,7 +405,7 @@ def run_finetune_unit(
             load_backbone(model, weights, skip)
             model.freeze(c.freeze_depth)
 
-        on_epoch = _epoch_callback(store, unit, report)
+        on_epoch = _epoch_callback(store, unit, report, lease_id)
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
         result = fit(
@@ -416,10 +449,12 @@ def run_finetune_unit(
             "trained_layers": ", ".join(model.trained_parts()),
         }
         predictions = _predictions_table(uid, data, test_idx, y_test, p_test, obj.name, test_m)
-        _commit(store, unit, row, result.history, trial_path(uid), TRIALS_SCHEMA, predictions)
+        _commit(
+            store, unit, row, result.history, trial_path(uid), TRIALS_SCHEMA, lease_id, predictions
+        )
         return row
     except BaseException as e:
-        _mark_ended(store, unit, e)
+        _mark_ended(store, unit, e, lease_id)
         raise
 
 
@@ -447,8 +482,9 @@ def run_pretrain_worker(
     """
     uid = unit.unit_id
     c = unit.config
+    lease_id = env.get("lease_id")
     if rank == 0:
-        _mark(store, unit, "running")
+        _mark(store, unit, "running", lease_id)
     try:
         seed_everything(c.seed)
         data = open_prepared(store, c.data_key)
@@ -469,7 +505,7 @@ def run_pretrain_worker(
         per_worker = max(1, c.train.batch_size // world_size)
 
         # Every rank reports (a Train report is collective); rank 0 alone writes.
-        on_epoch = _epoch_callback(store, unit, report, persist=rank == 0)
+        on_epoch = _epoch_callback(store, unit, report, lease_id, persist=rank == 0)
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
         result = fit(
@@ -507,8 +543,8 @@ def run_pretrain_worker(
             "num_workers": world_size,
             "n_train": len(train),
         }
-        _commit(store, unit, row, result.history, pretrain_path(uid), PRETRAIN_SCHEMA)
+        _commit(store, unit, row, result.history, pretrain_path(uid), PRETRAIN_SCHEMA, lease_id)
     except BaseException as e:
         if rank == 0:
-            _mark_ended(store, unit, e)
+            _mark_ended(store, unit, e, lease_id)
         raise

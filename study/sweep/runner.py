@@ -5,14 +5,25 @@ runs the pretraining units (Ray Train, DDP) and then fans the fine-tuning and fr
 units out over Ray Tune, in chunks. `resume` is the same with the spec read back from the
 store: it runs exactly the planned units whose result row is missing, whatever happened to
 the previous driver or to Tune's own state.
+
+A unit is done when its row can be read (`scan_results`): an unreadable part is moved aside
+to results/corrupt/ and its unit runs again. One driver runs a study at a time: `run` and
+`resume` hold the study's lease (study.sweep.lease) from before their first write to their
+end; a run marker records the lease of the driver that started the unit, and `inspect_study`
+shows a unit as running only while that lease is live.
 """
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import io
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -24,16 +35,16 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 from tqdm.auto import tqdm
 
 from study.data import dataset_source, prepared_key
 from study.data.config import DatasetConfig
 from study.data.prepared import cache_folder, check_fingerprint, default_cache_dir, prepare_to
-from study.errors import ConfigError, DataError, StorageError, StudyError
-from study.schema import run_marker_path
+from study.errors import ConfigError, DataError, StudyError
+from study.schema import RESULT_TABLES, corrupt_path, run_marker_path
 from study.store import Store
-from study.sweep.load import parse_spec, spec_to_yaml
+from study.sweep.lease import Lease, LeaseError, LeaseInfo, read_lease
+from study.sweep.load import load_stored_spec, spec_to_yaml
 from study.sweep.plan import STAGES, Plan, Unit, make_plan
 from study.sweep.resolve import upstream_config
 from study.sweep.spec import Spec
@@ -42,13 +53,14 @@ __all__ = [
     "run_study",
     "resume_study",
     "study_status",
+    "inspect_study",
     "load_study",
     "failures",
+    "scan_results",
     "StudyOutcome",
+    "StudyState",
+    "ResultScan",
 ]
-
-# A running marker not touched for this long is reported as stale (its driver is gone).
-STALE_AFTER_S = 30 * 60
 
 
 @dataclass
@@ -65,23 +77,49 @@ class StudyOutcome:
         return self.done == self.planned
 
 
-def code_version() -> str:
-    """`git describe` of the checkout the driver runs from, else the package version."""
+#: The commit a submitted job runs (`study submit` sets it in the job's runtime env: Ray
+#: ships the working dir without `.git`, so the job cannot ask git itself).
+CODE_VERSION_ENV = "STUDY_CODE_VERSION"
+
+
+def code_version(root: Path | None = None) -> str:
+    """The version every row, the plan and the report record: the package version and the
+    commit, "0.1.0+g1a2b3c4[-dirty]".
+
+    The commit is STUDY_CODE_VERSION when set (a job from `study submit`), else `git
+    describe` of the checkout this code is in. Where neither is known the version says
+    "unknown commit" rather than passing the package version off as a build.
+
+    Args:
+        root: the folder whose checkout to ask (default: the one holding this package).
+    """
     from study import __version__
 
+    commit = os.environ.get(CODE_VERSION_ENV, "").strip() or describe_commit(
+        root or Path(__file__).resolve().parents[2]
+    )
+    return f"{__version__}+{commit}" if commit else f"{__version__} (unknown commit)"
+
+
+def describe_commit(root: Path) -> str | None:
+    """`git describe --always --dirty` of the checkout at `root`; None where `root` is not
+    the top of a checkout (a folder inside another repository must not lend it its
+    commit) or git is missing."""
+    if not (root / ".git").exists():
+        return None
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty"],
             capture_output=True,
             text=True,
             timeout=5,
-            cwd=Path(__file__).resolve().parents[2],
+            cwd=root,
         )
-        if out.returncode == 0 and out.stdout.strip():
-            return f"{__version__}+{out.stdout.strip()}"
     except (OSError, subprocess.SubprocessError):
-        pass
-    return __version__
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def _log(msg: str) -> None:
@@ -150,38 +188,102 @@ def check_stored_plan(store: Store, plan: Plan) -> None:
 
 
 def load_spec_from_store(store: Store) -> Spec:
-    if not store.exists("spec.yaml"):
-        raise StorageError(f"{store.uri} is not a study (no spec.yaml)")
-    return parse_spec(yaml.safe_load(store.read_bytes("spec.yaml")), f"{store.uri}/spec.yaml")
-
-
-def load_study(uri: str) -> tuple[Store, Spec, Plan]:
-    """The study at `uri`: its store, spec and plan (checked against the stored plan).
+    """The study's stored spec.yaml, validated (see `study.sweep.load.load_stored_spec`).
 
     Raises:
-        StorageError: no study there.
+        StorageError: no study there, or its spec.yaml is damaged (the line is named).
+        ConfigError: the stored spec breaks a rule of this code's spec.
+    """
+    return load_stored_spec(store)
+
+
+def load_study(uri: str, *, check_plan: bool = True) -> tuple[Store, Spec, Plan]:
+    """The study at `uri`: its store, spec and plan (checked against the stored plan).
+
+    A deleted plan.parquet is written again from the stored spec, as `init_study` does.
+
+    Args:
+        check_plan: refuse a study whose stored plan holds other unit ids than this code
+            plans (resume, status); a report reads the results as they are.
+
+    Raises:
+        StorageError: no study there (a missing S3 bucket is named), or its spec.yaml is
+            damaged.
         ConfigError: the stored plan holds other unit ids than this code plans.
     """
     store = Store(uri)
+    store.check_bucket()
     spec = load_spec_from_store(store)
     plan = make_plan(spec)
-    check_stored_plan(store, plan)
+    if not store.exists("plan.parquet"):
+        _log(f"{store.uri}/plan.parquet is missing: writing it again from its spec.yaml")
+        write_plan(store, plan)
+    elif check_plan:
+        check_stored_plan(store, plan)
     return store, spec, plan
 
 
+@dataclass(frozen=True)
+class ResultScan:
+    """The result parts of a study: the ids with a readable row, and the parts that cannot
+    be read ("results/<table>/<file>" -> why)."""
+
+    done: set[str]
+    corrupt: dict[str, str]
+
+    @property
+    def corrupt_ids(self) -> set[str]:
+        return {rel.rsplit("/", 1)[1].removesuffix(".parquet") for rel in self.corrupt}
+
+
+def scan_results(store: Store) -> ResultScan:
+    """Which units have a readable result row: one listing per result table, then each
+    part's footer and unit_id column, read in parallel (Store.scan_parts). A part that is
+    not Parquet, lacks the schema's unit_id, or does not hold exactly one row of the unit
+    its name says is not a result.
+
+    Raises:
+        StorageError: the store cannot be listed or read (never taken for corrupt parts).
+    """
+    done: set[str] = set()
+    corrupt: dict[str, str] = {}
+    for table, schema in RESULT_TABLES.items():
+        scan = store.scan_parts(f"results/{table}", schema.field("unit_id"))
+        done |= scan.ids
+        corrupt.update({f"results/{table}/{name}": why for name, why in scan.corrupt.items()})
+    return ResultScan(done, corrupt)
+
+
 def stored_result_ids(store: Store) -> set[str]:
-    """Ids of every unit whose result row is in the store (one listing per table)."""
-    return {
-        n.removesuffix(".parquet")
-        for d in ("trials", "pretrain")
-        for n in store.list_names(f"results/{d}", ".parquet")
-    }
+    """Ids of every unit whose result row is in the store and readable (see scan_results)."""
+    return scan_results(store).done
 
 
 def done_ids(store: Store, units: Iterable[Unit]) -> set[str]:
-    """Ids of the units whose result row is in the store (listing, not one probe per unit)."""
+    """Ids of the units whose readable result row is in the store (see scan_results)."""
     present = stored_result_ids(store)
     return {u.unit_id for u in units if u.unit_id in present}
+
+
+def quarantine_corrupt(store: Store, corrupt: dict[str, str]) -> dict[str, str]:
+    """Move each unreadable result part aside, under results/corrupt/<table>/ with the UTC
+    time appended (never deleted: it may be looked at), so that its unit runs again.
+
+    Returns:
+        Where each part went (old path -> new path).
+    """
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    moved = {}
+    for rel, why in sorted(corrupt.items()):
+        _, table, name = rel.split("/")
+        dest = corrupt_path(table, name, stamp)
+        if store.move(rel, dest):
+            moved[rel] = dest
+            _log(
+                f"{store.uri}/{rel} is not a readable result ({why}): moved to {dest}; "
+                "its unit runs again"
+            )
+    return moved
 
 
 def study_datasets(spec: Spec) -> dict[str, tuple[str, DatasetConfig]]:
@@ -318,16 +420,90 @@ def check_shared_records(store: Store, units: list) -> None:
 
 
 # --- Ray ------------------------------------------------------------------------------------
+#: Seconds to wait for a cluster's GCS port to accept a connection before saying there is
+#: no cluster (ray.init itself retries an unreachable address for minutes).
+RAY_PROBE_TIMEOUT_S = 5.0
+_START_A_CLUSTER = (
+    "start one with `ray start --head --port=6379` on the head node and pass HEAD:6379, "
+    "submit the study to a cluster's job server with `study submit`, or leave out "
+    "--address and RAY_ADDRESS to run on a local Ray"
+)
+
+
+def check_ray_address(address: str | None = None) -> str | None:
+    """The cluster address `ensure_ray` connects to (`address`, else RAY_ADDRESS), checked
+    within seconds; None for a local Ray of our own.
+
+    A HOST:PORT address (the head's GCS port) must accept a TCP connection within
+    RAY_PROBE_TIMEOUT_S. "auto" is left to Ray (it finds a cluster started on this machine).
+    A Ray Client (`ray://`) or job server (`http://`) address is refused: Ray Train and Tune
+    run their controllers in the driver, which then runs outside the cluster and cannot see
+    a local store; `study submit` runs the driver on the cluster instead.
+
+    Raises:
+        ConfigError: naming the address, where it came from and how to start a cluster.
+    """
+    origin = "--address" if address else "RAY_ADDRESS"
+    address = (address or os.environ.get("RAY_ADDRESS") or "").strip()
+    if not address or address == "local":
+        return None
+    if address == "auto":
+        return address
+    if "://" in address:
+        scheme = address.split("://", 1)[0]
+        if scheme in ("http", "https"):
+            why = (
+                "that is a job server (dashboard) address: run the study there with "
+                f"`study submit SPEC --address {address}`, or give the head's GCS address "
+                "HEAD:6379 from a machine inside the cluster"
+            )
+        else:
+            why = (
+                "Ray Client and other protocol addresses are not supported (Ray Train and "
+                "Tune would run their driver outside the cluster): submit the study as a job "
+                "with `study submit SPEC --address http://HEAD:8265`, or give the head's GCS "
+                "address HEAD:6379 from a machine inside the cluster"
+            )
+        raise ConfigError(f"{origin} {address}: {why}")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(
+            f"{origin} must be a Ray cluster address HOST:PORT (the head's GCS port, 6379 by "
+            f"default), got {address!r}"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), RAY_PROBE_TIMEOUT_S):
+            pass
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ConfigError(
+            f"no Ray cluster at {address} ({origin}): its GCS port does not accept "
+            f"connections ({reason} within {RAY_PROBE_TIMEOUT_S:g} s); {_START_A_CLUSTER}"
+        ) from None
+    return address
+
+
 def ensure_ray(address: str | None = None) -> None:
-    """Connect to a cluster (address or RAY_ADDRESS), or start a local one on loopback."""
+    """Connect to a cluster (address or RAY_ADDRESS), or start a local one on loopback.
+
+    Raises:
+        ConfigError: no cluster at the address (see `check_ray_address`).
+    """
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    address = address or os.environ.get("RAY_ADDRESS")
+    origin = "--address" if address else "RAY_ADDRESS"
+    address = check_ray_address(address)
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as e:  # "auto" without a cluster on this machine
+            raise ConfigError(
+                f"no Ray cluster at {address} ({origin}): {' '.join(str(e).split())}; "
+                f"{_START_A_CLUSTER}"
+            ) from None
     else:
         # "local": always a new instance of our own; without it ray.init() joins whatever
         # cluster last started on this machine (/tmp/ray/ray_current_cluster).
@@ -413,7 +589,47 @@ def _tune_trial(
     )
 
 
-def _run_tune_chunk(units: list[Unit], store: Store, spec: Spec, env: dict, bar) -> None:
+def _keep_credentials_out_of_runtime_env() -> None:
+    """Stop Ray Tune from copying the driver's AWS_* variables (the secret key included) into
+    every trial actor's runtime_env (ray/tune/execution/class_cache.py), which Ray's
+    runtime-env agent writes to its session log: trials take credentials from their own
+    node's chain (the raylet's environment, ~/.aws, the instance profile)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = {
+        v for v in class_cache.ENV_VARS_TO_PROPAGATE if not v.startswith("AWS_")
+    }
+
+
+def _short_error(e: BaseException | str) -> str:
+    """The line of an error that says what it was (Ray wraps a trial's or a worker's error
+    in a traceback: its last line is the original `Type: message`)."""
+    text = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else text)[:500]
+
+
+def _error_collector(errors: dict[str, str]):
+    """A Tune callback recording each failed trial's unit and error into `errors` (in the
+    driver: the trial may have had no chance to write its own failure marker)."""
+    from ray import tune
+
+    class Errors(tune.Callback):
+        def on_trial_error(self, iteration, trials, trial, **info):
+            try:
+                error = _short_error(str(trial.get_error() or "the trial failed"))
+            except Exception:  # Tune's error file may be unreadable; the unit still failed
+                error = "the trial failed (Tune's error file could not be read)"
+            errors[trial.config["unit_id"]] = error
+
+    return Errors()
+
+
+def _run_tune_chunk(
+    units: list[Unit], store: Store, spec: Spec, env: dict, bar, errors: dict[str, str]
+) -> None:
+    """Run one chunk of fine-tuning units as a Tune experiment; failed units' errors go
+    into `errors`."""
     from ray import tune
 
     from study.sweep._progress import Progress
@@ -440,10 +656,11 @@ def _run_tune_chunk(units: list[Unit], store: Store, spec: Spec, env: dict, bar)
             storage_path=store.path("_ray", "tune"),
             storage_filesystem=store.fs,
             failure_config=tune.FailureConfig(max_failures=spec.execution.max_failures),
-            callbacks=[Progress(bar)],
+            callbacks=[Progress(bar), _error_collector(errors)],
             verbose=0,
         ),
     )
+    _keep_credentials_out_of_runtime_env()
     tuner.fit()
 
 
@@ -472,12 +689,166 @@ def _pretrain_progress(store: Store, units: list[Unit], epochs: int) -> str:
     return "pretraining " + (", ".join(parts) if parts else "(starting workers)")
 
 
-def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> StudyOutcome:
-    env = {"code_version": code_version(), "loader_workers": spec.execution.loader_workers}
+class DriverInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM reached the driver (a KeyboardInterrupt: `study` exits 130)."""
+
+
+class _StopSignals:
+    """While a driver runs in the main thread: SIGINT and SIGTERM raise DriverInterrupted
+    there (`ray job stop` sends SIGTERM, which ray.init would turn into a plain exit), and
+    Tune's own SIGINT handler is off (it would end a fine-tuning chunk quietly and let the
+    driver go on to the next). `interrupt` raises it from another thread (a lost lease).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.active = threading.current_thread() is threading.main_thread()
+        self.armed = self.active  # whether `interrupt` interrupts (off once the driver ends)
+        self._saved: dict = {}
+        self._tune_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+
+    def install(self) -> None:
+        """(Again after ray.init, which replaces the SIGTERM handler.)"""
+        if not self.active:
+            return
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for sig in self.SIGNALS:
+            current = signal.getsignal(sig)
+            if current != self._raise:
+                self._saved.setdefault(sig, current)
+                signal.signal(sig, self._raise)
+
+    def _raise(self, signum, frame) -> None:
+        raise DriverInterrupted(signal.Signals(signum).name)
+
+    def interrupt(self) -> None:
+        if self.armed:
+            _thread.interrupt_main(signal.SIGINT)
+
+    def restore(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        if self._tune_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._tune_env
+
+
+@contextlib.contextmanager
+def _driver(store: Store, takeover: bool):
+    """Hold the study's lease (study.sweep.lease) for the life of a driver, with the stop
+    signals caught; a driver that loses its lease is interrupted and raises LeaseError."""
+    signals = _StopSignals()
+    signals.install()
+    lease = None
+    try:
+        lease = Lease.acquire(store, takeover, on_lost=signals.interrupt)
+        yield lease, signals
+    except BaseException as e:
+        if lease is not None and lease.lost.is_set() and not isinstance(e, LeaseError):
+            raise LeaseError(lease.lost_message()) from None
+        raise
+    finally:
+        signals.armed = False  # a lease lost from here on interrupts nothing
+        if lease is not None:
+            lease.release()
+        signals.restore()
+
+
+def _stop_units(lease: Lease, why: str, shutdown: bool) -> None:
+    """Wind the driver down: record in the lease that it stops (a unit failing from now on
+    records an interruption: its workers are being torn down), then end the units it
+    runs (their Ray tasks and actors go with the driver's Ray connection)."""
+    if not lease.stopping:
+        _log(f"stopping ({why}): ending the units in flight")
+        lease.mark_stopping(why)
+    if shutdown:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _why_stopped(e: BaseException, lease: Lease) -> str:
+    if lease.lost.is_set():
+        return f"lost the lease: {lease.lost_reason}"
+    if isinstance(e, DriverInterrupted):
+        return f"{e.args[0] if e.args else 'interrupted'} received"
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    return f"the driver failed: {_short_error(e)}"
+
+
+def close_markers(store: Store, units: Iterable[Unit], errors: dict[str, str], lease: Lease) -> int:
+    """When a driver ends, settle the markers of the units it ran that ended without a row:
+    a "running" marker of this driver's lease becomes "failed" (with the error Tune or Ray
+    Train reported: the unit's own record may never have been written, e.g. its node died
+    or the store was unreachable) or "interrupted" (no error: the driver stopped it).
+    Markers of another lease, and units with a row, are left alone.
+
+    Returns:
+        How many markers were rewritten.
+    """
+    from study.sweep.execute import mark_failed, mark_interrupted
+
+    present = {n.removesuffix(".json") for n in store.list_names("runs", ".json")}
+    candidates = [u for u in units if u.unit_id in present]
+    if not candidates:
+        return 0
+
+    def settle(u: Unit) -> bool:
+        try:
+            marker = store.read_json(run_marker_path(u.unit_id))
+        except StudyError:
+            return False
+        if marker.get("state") != "running" or marker.get("lease_id") != lease.lease_id:
+            return False
+        table = "pretrain" if u.stage == "pretrain" else "trials"
+        if store.exists(f"results/{table}/{u.unit_id}.parquet"):
+            return False
+        if u.unit_id in errors:
+            mark_failed(store, u, errors[u.unit_id], lease.lease_id)
+        else:
+            why = lease.info.reason if lease.stopping else "its run ended without a result"
+            mark_interrupted(store, u, lease.lease_id, f"stopped by the driver ({why})")
+        return True
+
+    with ThreadPoolExecutor(min(16, len(candidates))) as pool:
+        return sum(pool.map(settle, candidates))
+
+
+def _execute(
+    store: Store,
+    spec: Spec,
+    plan: Plan,
+    address: str | None,
+    lease: Lease,
+    signals: _StopSignals | None = None,
+) -> StudyOutcome:
+    """Run the plan's units that have no readable row, under `lease`.
+
+    Unreadable result parts are moved aside first (their units run again). However the
+    run ends (normally, an error, Ctrl-C/SIGTERM, a lost lease), the units it ran that
+    ended without a row are left marked failed or interrupted, never "running"
+    (`close_markers`); an interrupted driver or one that lost its lease stops its units
+    first, so that their failures read as interruptions (`_stop_units`).
+    """
+    env = {
+        "code_version": code_version(),
+        "loader_workers": spec.execution.loader_workers,
+        "lease_id": lease.lease_id,  # recorded in every run marker of this driver's units
+    }
     os.environ.setdefault(
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(spec.execution.worker_start_timeout_s)
     )
-    done = done_ids(store, plan.units)
+    scan = scan_results(store)
+    if scan.corrupt:
+        quarantine_corrupt(store, scan.corrupt)
+    done = {u.unit_id for u in plan.units if u.unit_id in scan.done}
     pending = [u for u in plan.units if u.unit_id not in done]
     _log(
         f"study {spec.name} at {store.uri}: {len(plan.units)} units planned, "
@@ -485,8 +856,46 @@ def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> Study
     )
     if not pending:
         return _outcome(store, plan, done)
+    errors: dict[str, str] = {}  # unit id -> the error Tune or Train reported
+    try:
+        _run_pending(store, spec, plan, pending, address, lease, signals, env, errors)
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt | SystemExit) or lease.lost.is_set()
+        _stop_units(lease, _why_stopped(e, lease), shutdown=interrupted)
+        if lease.lost.is_set() and not isinstance(e, LeaseError):
+            raise LeaseError(lease.lost_message()) from None
+        raise
+    finally:
+        if not lease.lost.is_set():  # its units' markers are now the new holder's business
+            try:
+                close_markers(store, pending, errors, lease)
+            except StudyError as e:  # e.g. the store is unreachable: never hide the cause
+                _log(
+                    f"could not settle the run markers ({e}); `study status` still tells "
+                    "running units from interrupted ones by the lease"
+                )
+    lease.check()
+    return _outcome(store, plan, done_ids(store, plan.units))
+
+
+def _run_pending(
+    store: Store,
+    spec: Spec,
+    plan: Plan,
+    pending: list[Unit],
+    address: str | None,
+    lease: Lease,
+    signals: _StopSignals | None,
+    env: dict,
+    errors: dict[str, str],
+) -> None:
+    """Prepare the data, then run the pending pretraining units (Ray Train) and the
+    fine-tuning units their rows allow (Ray Tune, in chunks)."""
     prepare_datasets(store, spec, pending)
+    lease.check()
     ensure_ray(address)
+    if signals is not None:
+        signals.install()  # ray.init replaced the SIGTERM handler
     bar = tqdm(
         total=len(pending),
         desc="units",
@@ -502,9 +911,13 @@ def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> Study
 
             def one(u: Unit) -> None:
                 try:
+                    if lease.lost.is_set() or lease.stopping:
+                        return  # a stopping driver starts nothing
                     _run_pretrain_unit(u, store, spec, env)
                 except Exception as e:  # the unit's marker holds the traceback
-                    _log(f"pretraining unit {u.unit_id} failed: {type(e).__name__}: {e}")
+                    if not (lease.lost.is_set() or lease.stopping):
+                        errors[u.unit_id] = _short_error(e)
+                        _log(f"pretraining unit {u.unit_id} failed: {errors[u.unit_id]}")
                 finally:
                     bar.update(1)
 
@@ -512,24 +925,17 @@ def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> Study
                 futures = [pool.submit(one, u) for u in pre]
                 try:
                     while not all(f.done() for f in futures):
+                        lease.check()
                         bar.set_postfix_str(_pretrain_progress(store, pre, spec.pretrain.epochs))
                         time.sleep(2)
-                except KeyboardInterrupt:
+                except BaseException as e:
                     # The trainers run in pool threads, which Ctrl-C does not reach: stopping
                     # Ray ends their fit() so the pool can close and the interrupt go through.
                     for f in futures:
                         f.cancel()
-                    _log("interrupted: stopping the pretraining runs")
-                    import ray
-
-                    from study.sweep.execute import mark_interrupted
-
-                    ray.shutdown()
-                    finished = done_ids(store, pre)
-                    for u in pre:
-                        if u.unit_id not in finished:
-                            mark_interrupted(store, u)
+                    _stop_units(lease, _why_stopped(e, lease), shutdown=True)
                     raise
+        lease.check()
         # A fine-tuning unit starts from a pretraining unit that is done (its row is in the
         # store), never from weights an unfinished run happened to leave.
         have_weights = done_ids(store, plan.by_stage("pretrain"))
@@ -542,63 +948,167 @@ def _execute(store: Store, spec: Spec, plan: Plan, address: str | None) -> Study
         bar.set_postfix_str("fine-tuning")
         size = spec.execution.tune_chunk_size
         for start in range(0, len(runnable), size):
-            _run_tune_chunk(runnable[start : start + size], store, spec, env, bar)
+            lease.check()
+            _run_tune_chunk(runnable[start : start + size], store, spec, env, bar, errors)
     finally:
         bar.close()
-    done = done_ids(store, plan.units)
-    return _outcome(store, plan, done)
 
 
 def run_study(
-    spec: Spec, storage: str, name: str | None = None, address: str | None = None
+    spec: Spec,
+    storage: str,
+    name: str | None = None,
+    address: str | None = None,
+    takeover: bool = False,
 ) -> StudyOutcome:
-    """Run (or continue) the study `spec` under `storage/name` (name defaults to spec.name)."""
+    """Run (or continue) the study `spec` under `storage/name` (name defaults to spec.name).
+
+    The driver holds the study's lease (study.sweep.lease) from before its first write to
+    its end.
+
+    Args:
+        takeover: take the lease from a driver whose heartbeat is still fresh (one whose
+            heartbeat is older than its TTL is taken over without it).
+
+    Raises:
+        LeaseError: another driver runs the study (the message names it), or this driver
+            lost its lease while it ran (it stopped its units first).
+    """
     store = Store(storage).child(name or spec.name)
-    plan = init_study(store, spec)
-    return _execute(store, spec, plan, address)
+    with _driver(store, takeover) as (lease, signals):
+        plan = init_study(store, spec)
+        return _execute(store, spec, plan, address, lease, signals)
 
 
-def resume_study(uri: str, address: str | None = None) -> StudyOutcome:
-    """Run exactly the planned units of the study at `uri` whose results are missing.
+def resume_study(uri: str, address: str | None = None, takeover: bool = False) -> StudyOutcome:
+    """Run exactly the planned units of the study at `uri` whose results are missing (or
+    unreadable: such a part is moved aside to results/corrupt/ and its unit runs again).
+
+    Args:
+        takeover: as for `run_study`.
 
     Raises:
         ConfigError: the stored plan holds other unit ids than this code plans (ids moved:
             the message says how many, and which code version planned them).
+        LeaseError: as for `run_study`.
     """
     store, spec, plan = load_study(uri)
-    if not store.exists("plan.parquet"):
-        write_plan(store, plan)
-    return _execute(store, spec, plan, address)
+    with _driver(store, takeover) as (lease, signals):
+        if not store.exists("plan.parquet"):
+            write_plan(store, plan)
+        return _execute(store, spec, plan, address, lease, signals)
+
+
+# --- status -----------------------------------------------------------------------------------
+#: The columns of the status table, in order.
+STATES = ("done", "running", "interrupted", "failed", "corrupt", "pending")
+
+
+@dataclass
+class StudyState:
+    """What the store says about a study (the `study status` command prints it).
+
+    Attributes:
+        table: units per stage (rows, and "total") and state (STATES).
+        units: one row per planned unit: stage, state, unit_id, and from its run marker
+            host, updated_at, error and lease_id (None where there is no marker).
+        corrupt: unreadable result parts ("results/<table>/<file>" -> why).
+        lease: the driver lease in the store (None: no driver holds the study).
+    """
+
+    table: pd.DataFrame
+    units: pd.DataFrame
+    corrupt: dict[str, str]
+    lease: LeaseInfo | None
+
+    def markers(self, state: str) -> list[dict]:
+        """The units in `state`, with their marker's host, time and error."""
+        rows = self.units[self.units.state == state]
+        return rows.to_dict("records")
+
+
+def _unit_state(marker: dict | None, live: LeaseInfo | None) -> str:
+    """A unit without a readable row, from its run marker: a "running" marker counts as
+    running only while the lease it was written under is the live one; else its driver is
+    gone and the unit was interrupted."""
+    if marker is None:
+        return "pending"
+    state = marker.get("state")
+    if state in ("failed", "interrupted"):
+        return state
+    if state == "running":
+        running = live is not None and marker.get("lease_id") == live.lease_id
+        return "running" if running else "interrupted"
+    return "pending"  # "done" without a readable row: it runs again
+
+
+def inspect_study(uri: str) -> StudyState:
+    """Every planned unit's state, from the store alone: the result parts (read, not only
+    listed: an unreadable one is "corrupt"), the run markers and the driver lease."""
+    store, _, plan = load_study(uri)
+    scan = scan_results(store)
+    live = lease = read_lease(store)
+    if live is not None and not live.live():
+        live = None
+    corrupt_ids = scan.corrupt_ids
+    with_marker = {n.removesuffix(".json") for n in store.list_names("runs", ".json")}
+    wanted = [
+        u.unit_id
+        for u in plan.units
+        if u.unit_id not in scan.done and u.unit_id not in corrupt_ids and u.unit_id in with_marker
+    ]
+
+    def read(uid: str) -> dict | None:
+        try:
+            return store.read_json(run_marker_path(uid))
+        except (StudyError, ValueError):  # removed meanwhile, or not JSON: no marker
+            return None
+
+    with ThreadPoolExecutor(max(1, min(16, len(wanted)))) as pool:
+        markers = dict(zip(wanted, pool.map(read, wanted), strict=True))
+    rows = []
+    for u in plan.units:
+        marker = markers.get(u.unit_id)
+        if u.unit_id in scan.done:
+            state = "done"
+        elif u.unit_id in corrupt_ids:
+            state = "corrupt"
+        else:
+            state = _unit_state(marker, live)
+        m = marker or {}
+        error = m.get("error")
+        if state == "interrupted" and m.get("state") == "running":
+            epoch = f" at epoch {m['epoch']}" if m.get("epoch") else ""
+            error = (
+                f"marked running{epoch} by a driver that is no longer running "
+                f"(lease {m.get('lease_id') or 'none recorded'})"
+            )
+        rows.append(
+            {
+                "stage": u.stage,
+                "state": state,
+                "unit_id": u.unit_id,
+                "host": m.get("host"),
+                "updated_at": m.get("updated_at"),
+                "error": error,
+                "lease_id": m.get("lease_id"),
+            }
+        )
+    units = pd.DataFrame(rows)
+    table = (
+        units.groupby(["stage", "state"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(index=list(STAGES), columns=list(STATES), fill_value=0)
+    )
+    table.loc["total"] = table.sum()
+    return StudyState(table, units, scan.corrupt, lease)
 
 
 def study_status(uri: str) -> pd.DataFrame:
-    """done / running / failed / pending units per stage, from the store alone."""
-    store, _, plan = load_study(uri)
-    done = done_ids(store, plan.units)
-    markers = {n.removesuffix(".json") for n in store.list_names("runs", ".json")}
-    now = time.time()
-    rows = []
-    for u in plan.units:
-        state = "pending"
-        if u.unit_id in done:
-            state = "done"
-        elif u.unit_id in markers:
-            m = store.read_json(run_marker_path(u.unit_id))
-            age = now - datetime.fromisoformat(m["updated_at"]).timestamp()
-            if m["state"] == "failed":
-                state = "failed"
-            elif m["state"] == "running" and age < STALE_AFTER_S:
-                state = "running"
-        rows.append({"stage": u.stage, "state": state, "unit_id": u.unit_id})
-    df = pd.DataFrame(rows)
-    table = (
-        df.groupby(["stage", "state"])
-        .size()
-        .unstack(fill_value=0)
-        .reindex(index=list(STAGES), columns=["done", "running", "failed", "pending"], fill_value=0)
-    )
-    table.loc["total"] = table.sum()
-    return table
+    """Units per stage and state (done / running / interrupted / failed / corrupt /
+    pending), from the store alone (see `inspect_study`)."""
+    return inspect_study(uri).table
 
 
 def failures(uri: str) -> list[dict]:

@@ -14,7 +14,9 @@ from tests.sweep._smoke import assert_complete, smoke_spec
 
 @pytest.fixture(scope="module")
 def s3_then_ray(s3_server):
-    # Ray starts after the S3 variables are set, so its workers inherit them.
+    # Ray starts after the S3 variables are set, so its raylet and every worker inherit
+    # them: the only way credentials reach a trial (none travel in a runtime_env; see
+    # tests/sweep/test_secrets.py).
     ray = start_local_ray()
     try:
         yield s3_server
