@@ -191,10 +191,12 @@ def _job_client(address: str | None):
         try:
             with _without_env("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
                 return JobSubmissionClient(address)
-        except AuthenticationError as e:  # Ray's token auth (~/.ray/auth_token, RAY_AUTH_TOKEN)
+        except AuthenticationError as e:  # Ray's token authentication
+            refused = "refused the token given" if "failed" in str(e) else "requires a token"
             raise ConfigError(
-                f"the Ray job server at {address} refused this machine's Ray token: "
-                f"{str(e).splitlines()[0]}"
+                f"the Ray job server at {address} {refused} ({str(e).splitlines()[0]}): set "
+                "RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or "
+                "~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
             ) from None
         except (ConnectionError, RuntimeError, requests.RequestException) as e:
             why = " ".join(str(e).split())

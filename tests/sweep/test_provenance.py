@@ -161,6 +161,9 @@ def test_submit_runs_the_study_as_a_job_and_every_row_records_the_commit(tmp_pat
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # the job's `python`
     env.pop(CODE_VERSION_ENV, None)
     env.pop("RAY_API_SERVER_ADDRESS", None)
+    # a local head enables Ray's token authentication (token in ~/.ray/auth_token); a client
+    # that names an address must say so, as on a real cluster
+    env["RAY_AUTH_MODE"] = "token"
     head = subprocess.Popen(
         [sys.executable, "-c", _HEAD, str(port), temp_dir],
         stdin=subprocess.PIPE,
