@@ -575,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    as_process = argv is None  # the `study` command itself, not a call from Python
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if argv[:1] == ["submit"] and "--" in argv:  # what follows -- is for `study run`
@@ -582,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
         argv, extra = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
     args.extra = extra
+    if as_process and args.fn in (_cmd_run, _cmd_resume):
+        from study.sweep import runner
+
+        runner.STOP_GRACE_S = 60.0
     try:
         return args.fn(args)
     except StudyError as e:
@@ -593,6 +598,13 @@ def main(argv: list[str] | None = None) -> int:
             "the rest",
             file=sys.stderr,
         )
+        if as_process:
+            # The driver has stopped its units, settled their markers and released the
+            # lease; a thread still waiting on a Ray Train run that Ray's shutdown orphaned
+            # must not keep the process alive (it hung past 3 minutes once under load).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
 
 

@@ -65,7 +65,9 @@ __all__ = [
     "driver_stopped",
 ]
 
-HEARTBEAT_S = 15.0  # how often the holder renews its lease
+# how often the holder renews its lease (STUDY_LEASE_HEARTBEAT_S overrides it: a shorter
+# beat notices a takeover sooner, at one small store write per beat)
+HEARTBEAT_S = float(os.environ.get("STUDY_LEASE_HEARTBEAT_S", "15"))
 TTL_S = 90.0  # a lease not renewed for this long has expired (its driver is gone)
 S3_SETTLE_S = 2.0  # S3: wait between writing a claim and reading it back
 LOCK_STALE_S = 30.0  # local: a lock this old was left by a process that died holding it

@@ -289,6 +289,8 @@ def test_a_running_driver_that_loses_its_lease_stops_and_exits(tmp_path, cache_d
     store = Store(str(storage / "smoke"))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["ECG_STUDY_CACHE"] = str(cache_dir)
+    # a beat shorter than what is left of this tiny study, however fast the machine runs it
+    env["STUDY_LEASE_HEARTBEAT_S"] = "1"
     driver = subprocess.Popen(
         [sys.executable, "-m", "study.cli", "run", str(spec), "--storage", str(storage)]
         + ["--no-report"],
