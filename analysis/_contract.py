@@ -28,6 +28,7 @@ __all__ = [
     "CELL_COLUMNS",
     "PAIR_KEY",
     "arm_label",
+    "cell_fields",
     "prepare_trials",
     "mean_and_interval",
     "sort_cells",
@@ -191,3 +192,21 @@ def sort_cells(table: pd.DataFrame) -> pd.DataFrame:
         kind="mergesort",
     )
     return table.loc[order.index].reset_index(drop=True)
+
+
+def cell_fields(metric: str, cell: tuple, group: pd.DataFrame) -> dict:
+    """The CELL_COLUMNS of one per-cell table row: `cell` is a (downstream, architecture,
+    arm, data_fraction) key of a groupby over CELL, `group` its trials (the arm's parts are
+    read from its first row)."""
+    downstream, architecture, arm, fraction = cell
+    first = group.iloc[0]
+    return {
+        "metric": metric,
+        "downstream": downstream,
+        "architecture": architecture,
+        "arm": arm,
+        "upstream": first["upstream"],
+        "pretrain_task": first["pretrain_task"],
+        "freeze_depth": int(first["freeze_depth"]),
+        "data_fraction": float(fraction),
+    }

@@ -40,6 +40,7 @@ from analysis._contract import (
     PAIR_KEY,
     REQUIRED_COLUMNS,
     arm_label,
+    cell_fields,
     mean_and_interval,
     prepare_trials,
     sort_cells,
@@ -182,24 +183,17 @@ def summarize(trials: pd.DataFrame, metric: str = "test_macro_auroc") -> pd.Data
     """
     frame = prepare_trials(trials, (metric,))
     rows = []
-    for (downstream, architecture, arm, fraction), group in frame.groupby(CELL, sort=False):
+    for cell, group in frame.groupby(CELL, sort=False):
         values = group[metric].to_numpy(dtype=float)
         finite = values[~np.isnan(values)]
         mean, std, low, high = mean_and_interval(finite)
         first = group.iloc[0]
         rows.append(
             {
-                "metric": metric,
-                "downstream": downstream,
-                "architecture": architecture,
-                "arm": arm,
+                **cell_fields(metric, cell, group),
                 "init": first["init"],
-                "upstream": first["upstream"],
-                "pretrain_task": first["pretrain_task"],
-                "freeze_depth": int(first["freeze_depth"]),
                 # what trained in this arm (rows written before the column: unknown)
                 "trained_layers": first.get("trained_layers"),
-                "data_fraction": float(fraction),
                 "n": int(finite.size),
                 "n_nan": int(values.size - finite.size),
                 "mean": mean,
@@ -269,7 +263,8 @@ def paired_differences(trials: pd.DataFrame, metric: str = "test_macro_auroc") -
     empty = pd.Series(dtype=float, index=pd.Index([], name="repeat"))
     rows = []
     pretrained = frame[frame["init"] == "pretrained"]
-    for (downstream, architecture, arm, fraction), group in pretrained.groupby(CELL, sort=False):
+    for cell, group in pretrained.groupby(CELL, sort=False):
+        downstream, architecture, _, fraction = cell
         ours = group.set_index("repeat")[metric]
         theirs = scratch_by_cell.get((architecture, downstream, fraction), empty)
         common = ours.index.intersection(theirs.index)
@@ -282,17 +277,9 @@ def paired_differences(trials: pd.DataFrame, metric: str = "test_macro_auroc") -
         mean, std, low, high = mean_and_interval(finite)
         test = signed_rank_test(finite)
         n_wins = int(np.count_nonzero(finite > 0))
-        first = group.iloc[0]
         rows.append(
             {
-                "metric": metric,
-                "downstream": downstream,
-                "architecture": architecture,
-                "arm": arm,
-                "upstream": first["upstream"],
-                "pretrain_task": first["pretrain_task"],
-                "freeze_depth": int(first["freeze_depth"]),
-                "data_fraction": float(fraction),
+                **cell_fields(metric, cell, group),
                 "n_pairs": int(finite.size),
                 "n_unpaired": int(n_unpaired),
                 "n_nan": int(diffs.size - finite.size),

@@ -84,6 +84,7 @@ from analysis._contract import (
     CELL,
     CELL_COLUMNS,
     PAIR_KEY,
+    cell_fields,
     prepare_trials,
     sort_cells,
 )
@@ -1025,17 +1026,10 @@ def bootstrap_table(
     cells = list(frame[frame["init"] == "pretrained"].groupby(CELL, sort=False))
     rows = []
     progress = tqdm(cells, desc=f"bootstrap {metric}", disable=not sys.stderr.isatty())
-    for (downstream, architecture, arm, fraction), group in progress:
-        first = group.iloc[0]
+    for cell, group in progress:
+        downstream, architecture, arm, fraction = cell
         row = dict.fromkeys(_TABLE_COLUMNS, math.nan) | {
-            "metric": metric,
-            "downstream": downstream,
-            "architecture": architecture,
-            "arm": arm,
-            "upstream": first["upstream"],
-            "pretrain_task": first["pretrain_task"],
-            "freeze_depth": int(first["freeze_depth"]),
-            "data_fraction": float(fraction),
+            **cell_fields(metric, cell, group),
             "n_repeats": 0,
             "note": "",
         }
