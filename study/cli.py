@@ -287,7 +287,7 @@ def _wait_for_job(client, job_id: str) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from study.sweep.runner import inspect_study
+    from study.sweep.status import inspect_study
 
     state = inspect_study(args.study)
     print(state.table.to_string())

@@ -315,7 +315,7 @@ def test_a_running_driver_that_loses_its_lease_stops_and_exits(tmp_path, cache_d
     assert "stopping (lost the lease" in err
     # it left the lease to the new holder; the units it was running read as interrupted
     assert read_lease(store).lease_id == new.lease_id
-    from study.sweep.runner import inspect_study
+    from study.sweep.status import inspect_study
 
     assert inspect_study(store.uri).table.loc["total", "running"] == 0
     new.release()

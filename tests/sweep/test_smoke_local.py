@@ -8,7 +8,8 @@ import pytest
 
 from analysis import report_study
 from study.store import Store
-from study.sweep.runner import run_study, study_status
+from study.sweep.runner import run_study
+from study.sweep.status import study_status
 from tests.sweep._smoke import assert_complete, part_schema_ok, smoke_spec, trials
 
 
@@ -66,7 +67,7 @@ def test_smoke_study_end_to_end_then_rerun_does_nothing(ray_local, tmp_path, cac
 def test_a_failing_unit_is_reported_and_a_rerun_completes_it(ray_local, tmp_path, cache_dir):
     from study.schema import checkpoint_path
     from study.sweep.plan import make_plan
-    from study.sweep.runner import failures
+    from study.sweep.status import failures
 
     spec = smoke_spec(data_fractions=[1.0], freeze_depths=[0])
     victim = make_plan(spec).by_stage("scratch")[0].unit_id

@@ -35,10 +35,10 @@ from study.sweep.runner import (
     close_markers,
     done_ids,
     init_study,
-    inspect_study,
     prepare_datasets,
     stored_result_ids,
 )
+from study.sweep.status import inspect_study
 from tests.conftest import ROOT
 from tests.sweep._smoke import SMOKE, smoke_spec, trials
 
