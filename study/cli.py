@@ -30,9 +30,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     plan = make_plan(spec)
     counts = plan.counts()
+    wants_estimate = args.estimate or args.source is not None
+    estimate = _plan_estimate(args, spec, plan) if wants_estimate else None
     if args.json:
+        if estimate is not None:
+            counts["estimate"] = estimate.to_dict()
         print(json.dumps(counts, indent=2))
-        return 0
+        return 1 if wants_estimate and estimate is None else 0
     print(f"study {spec.name}: {counts['total']} units")
     for stage, info in counts["stages"].items():
         print(f"  {stage:<9} {info['units']:>6} units")
@@ -57,7 +61,72 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     n_fit = counts["total"] - n_pre
     print(f"  cost: {n_fit} fine-tuning / from-scratch runs of up to {spec.finetune.epochs} epochs")
     print(f"total {counts['total']}")
-    return 0
+    if estimate is not None:
+        print("\n".join(_estimate_lines(estimate)))
+    return 1 if wants_estimate and estimate is None else 0
+
+
+def _estimate_lines(est) -> list[str]:
+    """`study plan --estimate`'s table: a line per stage and the basis of its numbers."""
+    from study.sweep.estimate import MODEL
+
+    out = [
+        f"estimate from {est.measured} finished units of {est.source}",
+        f"  model: {MODEL[0]}",
+        f"  {MODEL[1]}",
+        f"  {'stage':<9} {'units':>6} {'unit-hours':>11} {'GPUs/unit':>10} {'GPU-hours':>10}",
+    ]
+    for e in est.stages:
+        out.append(
+            f"  {e.stage:<9} {e.units:>6} {_hours(e.unit_hours):>11} {e.gpus_per_unit:>10g} "
+            f"{_hours(e.gpu_hours):>10}"
+        )
+        if e.units:
+            out.append(f"      basis: {e.basis}")
+    out.append(
+        f"  {'total':<9} {est.units:>6} {_hours(est.unit_hours):>11} {'':>10} "
+        f"{_hours(est.gpu_hours):>10}"
+    )
+    if est.left_out:
+        out.append(
+            f"  ({est.left_out} stored rows left out: no duration, or a config this code "
+            "cannot read)"
+        )
+    return out
+
+
+def _hours(h: float) -> str:
+    return f"{h:,.0f}" if h >= 100 else f"{h:.2f}" if h >= 1 else f"{h:.3f}"
+
+
+def _plan_estimate(args: argparse.Namespace, spec, plan):
+    """The estimate from the durations stored in `--from`, else in the study `study run
+    SPEC` writes (STUDY_STORAGE or ./studies, under the spec's name); None, with what to do
+    printed, when that store holds no finished unit."""
+    from study.store import Store
+    from study.sweep.estimate import estimate_from_store
+    from study.sweep.load import read_stored_spec
+
+    storage = Store(os.environ.get("STUDY_STORAGE", DEFAULT_STORAGE))
+    store = Store(args.source) if args.source else storage.child(spec.name)
+    store.check_bucket()
+    if args.source or store.exists("spec.yaml"):
+        read_stored_spec(store)  # a study, or the error says why not
+        est = estimate_from_store(plan, spec, store)
+        if est.measured:
+            return est
+        where = f"{store.uri} has no finished unit"
+    else:
+        where = f"no study at {store.uri} (where `study run {args.spec}` writes it)"
+    calibration = storage.child(f"{spec.name}-calibration").uri
+    print(
+        f"no estimate: {where}. Run a short calibration study first: a copy of the spec with "
+        "`finetune: {repeats: 1, data_fractions: [0.1]}` (fewer epochs are fine: time scales "
+        f"with data fraction x epochs), `study run calibration.yaml --name "
+        f"{spec.name}-calibration`, then `study plan {args.spec} --from {calibration}`",
+        file=sys.stderr,
+    )
+    return None
 
 
 def _finish(outcome, report_dir: Path | None) -> int:
@@ -300,15 +369,102 @@ def _cmd_status(args: argparse.Namespace) -> int:
         gone = "stopping" if lease.state == "stopping" and not lease.gone() else "expired"
         gone = "of a dead driver" if lease.holder_dead() else gone
         print(f"driver: lease {gone}: {lease.describe()}")
+    running = state.markers("running")
+    for m in running[: args.show_running]:
+        print(_running_line(m, state.checked_at))
+    if len(running) > args.show_running:
+        print(f"... and {len(running) - args.show_running} more running (--show-running N)")
+    print("\n".join(_eta_lines(state.eta, args.study)))
     for rel, why in sorted(state.corrupt.items()):
         print(f"corrupt {rel}: {why} (`study resume` moves it aside and runs its unit again)")
     for kind in ("interrupted", "failed"):
         rows = state.markers(kind)
         for m in rows[:shown]:
-            print(f"{kind} {m['unit_id']} on {m['host']} at {m['updated_at']}: {m['error']}")
+            print(f"{kind} {m['unit_id']} on {_where(m)} at {m['updated_at']}: {_one_line(m)}")
         if len(rows) > shown:
             print(f"... and {len(rows) - shown} more {kind} (--show-failures N lists more)")
+    if state.markers("failed")[:shown]:
+        print(f"(each failed unit's whole error and traceback: {args.study}/runs/UNIT_ID.json)")
     return 0
+
+
+_ERROR_CHARS = 300  # of an error shown on a status line (the marker keeps all of it)
+
+
+def _one_line(marker: dict) -> str:
+    """A marker's error on one line, cut to _ERROR_CHARS."""
+    text = " ".join(str(marker.get("error") or "no error recorded").split())
+    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "..."
+
+
+def _where(marker: dict) -> str:
+    """The host of a marker, and its Ray node when the marker names one."""
+    host, node = marker.get("host") or "an unrecorded host", marker.get("node")
+    return f"{host} (node {node})" if node else host
+
+
+def _age(iso: str | None, now) -> float | None:
+    """Seconds from the ISO time `iso` to `now`; None when absent or not a time."""
+    from datetime import datetime
+
+    try:
+        return (now - datetime.fromisoformat(iso)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def _duration(seconds: float) -> str:
+    """A span of time, to the precision worth reading: 45 s, 12 min, 3 h 05 min, 2 d 4 h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 48 * 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def _running_line(m: dict, now) -> str:
+    """One running unit: id, stage, node (or host), epoch k/N, how long it has run."""
+    epoch = m.get("epoch")
+    epoch = int(epoch) if isinstance(epoch, int | float) and epoch == epoch else 0
+    where = m.get("node") or m.get("host") or "an unrecorded host"
+    parts = [f"running {m['unit_id']} {m['stage']} on {where}", f"epoch {epoch}/{m['max_epochs']}"]
+    started, marked = _age(m.get("started_at"), now), _age(m.get("updated_at"), now)
+    if started is not None:
+        parts.append(f"for {_duration(started)}")
+    if marked is not None and (started is None or epoch):
+        parts.append(f"last marker {_duration(marked)} ago")
+    attempt = m.get("attempt")
+    if isinstance(attempt, int | float) and attempt == attempt and attempt > 1:
+        parts.append(f"attempt {int(attempt)}")
+    return ", ".join(parts)
+
+
+def _units(n: int) -> str:
+    return f"{n} unit" if n == 1 else f"{n} units"
+
+
+def _eta_lines(eta, uri: str) -> list[str]:
+    """When the study should end, and what that rests on."""
+    if eta.units_left == 0:
+        return ["ETA: nothing left to run (every planned unit is done)"]
+    if eta.work_left_s is None:
+        return ["no ETA yet: no unit has finished"]
+    s = "" if eta.finished == 1 else "s"
+    basis = f"from {eta.finished} finished unit{s}; {eta.running} running"
+    left = f"  {eta.work_left_s / 3600:.2f} unit-hours left in {_units(eta.units_left)}"
+    if eta.wall_s is None:
+        head = f"no ETA: no unit is running ({basis}; `study resume {uri}` runs the rest)"
+    else:
+        head = f"ETA: {_duration(eta.wall_s)}, {basis}"
+        left += f", {eta.running} at a time"
+    if eta.relative_only:
+        left += (
+            f"; {eta.relative_only} of them of a stage without a finished unit (relative cost only)"
+        )
+    return [head, left]
 
 
 def _open_for_report(uri: str) -> None:
@@ -459,6 +615,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", help="print the units a spec expands to, without running")
     s.add_argument("spec")
     s.add_argument("--json", action="store_true", help="print the counts as JSON")
+    s.add_argument(
+        "--estimate",
+        action="store_true",
+        help="unit-hours and GPU-hours per stage, from the durations of the units stored in "
+        "--from (default: the study `study run SPEC` writes, under STUDY_STORAGE or ./studies)",
+    )
+    s.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        metavar="STUDY_URI",
+        help="a study (e.g. a short calibration run of this spec) whose finished units time "
+        "the estimate; implies --estimate",
+    )
     s.set_defaults(fn=_cmd_plan)
 
     def run_opts(s: argparse.ArgumentParser) -> None:
@@ -524,7 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "status",
-        help="done / running / interrupted / failed / corrupt / pending units per stage",
+        help="done / running / interrupted / failed / corrupt / pending units per stage, "
+        "what runs where, an ETA, and the failures with their error",
     )
     s.add_argument("study")
     s.add_argument(
@@ -532,6 +703,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=10,
         help="interrupted and failed units to list, each (default 10)",
+    )
+    s.add_argument(
+        "--show-running",
+        type=int,
+        default=20,
+        metavar="N",
+        help="running units to list, with node, epoch and time (default 20)",
     )
     s.set_defaults(fn=_cmd_status)
 

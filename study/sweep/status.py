@@ -1,27 +1,66 @@
-"""`study status`: every planned unit's state, from the store alone.
+"""`study status`: every planned unit's state, what runs where, and an ETA, from the store
+alone.
 
 A unit is done when its result row can be read; a unit with a run marker is running only
 while the lease the marker was written under is live (study.sweep.lease), else it was
-interrupted; unreadable result parts are corrupt.
+interrupted; unreadable result parts are corrupt. The ETA is the work left, predicted from
+the durations of the study's finished units (study.sweep.estimate), over the number of
+units running now.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pandas as pd
 
 from study.errors import StudyError
 from study.schema import run_marker_path
+from study.sweep.estimate import LEVELS, DurationModel, measurements, scan_durations
 from study.sweep.lease import LeaseInfo, read_lease
-from study.sweep.plan import STAGES
-from study.sweep.runner import done_ids, load_study, scan_results
+from study.sweep.plan import STAGES, Unit
+from study.sweep.runner import done_ids, load_study
 
-__all__ = ["STATES", "StudyState", "inspect_study", "study_status", "failures"]
+__all__ = ["STATES", "Eta", "StudyState", "inspect_study", "study_status", "failures"]
 
 #: The columns of the status table, in order.
 STATES = ("done", "running", "interrupted", "failed", "corrupt", "pending")
+
+# The run marker fields `StudyState.units` carries (None where a marker lacks one: markers
+# written before a field existed).
+_MARKER_FIELDS = ("host", "node", "updated_at", "started_at", "attempt", "epoch", "lease_id")
+_COLUMNS = ("stage", "state", "unit_id", "max_epochs", *_MARKER_FIELDS, "error")
+
+
+@dataclass(frozen=True)
+class Eta:
+    """The work left and when it should end.
+
+    Attributes:
+        work_left_s: predicted unit-seconds of every unit not done (a running unit: its
+            epochs still to run); None when no unit has finished (nothing to predict from).
+        units_left: units not done.
+        finished: finished units of the study the prediction rests on.
+        running: units running now (the parallelism the ETA assumes).
+        relative_only: units left of a stage without a finished unit, predicted from the
+            other stages' rate (relative cost only).
+    """
+
+    work_left_s: float | None
+    units_left: int
+    finished: int
+    running: int
+    relative_only: int = 0
+
+    @property
+    def wall_s(self) -> float | None:
+        """Seconds until the last unit ends, at the number of units running now; None when
+        there is nothing to predict from or nothing runs."""
+        if self.work_left_s is None or not self.running:
+            return None
+        return self.work_left_s / self.running
 
 
 @dataclass
@@ -30,19 +69,25 @@ class StudyState:
 
     Attributes:
         table: units per stage (rows, and "total") and state (STATES).
-        units: one row per planned unit: stage, state, unit_id, and from its run marker
-            host, updated_at, error and lease_id (None where there is no marker).
+        units: one row per planned unit: stage, state, unit_id, max_epochs (its
+            configured maximum), and from its run marker host, node, updated_at,
+            started_at, attempt, epoch (epochs completed), error and lease_id (None where
+            there is no marker or the marker has no such field).
         corrupt: unreadable result parts ("results/<table>/<file>" -> why).
         lease: the driver lease in the store (None: no driver holds the study).
+        eta: the work left and the ETA (see Eta).
+        checked_at: when the store was read (UTC).
     """
 
     table: pd.DataFrame
     units: pd.DataFrame
     corrupt: dict[str, str]
     lease: LeaseInfo | None
+    eta: Eta | None = None
+    checked_at: datetime | None = None
 
     def markers(self, state: str) -> list[dict]:
-        """The units in `state`, with their marker's host, time and error."""
+        """The units in `state`, with their marker's host, node, times, epoch and error."""
         rows = self.units[self.units.state == state]
         return rows.to_dict("records")
 
@@ -64,9 +109,10 @@ def _unit_state(marker: dict | None, live: LeaseInfo | None) -> str:
 
 def inspect_study(uri: str) -> StudyState:
     """Every planned unit's state, from the store alone: the result parts (read, not only
-    listed: an unreadable one is "corrupt"), the run markers and the driver lease."""
+    listed: an unreadable one is "corrupt"; their durations feed the ETA), the run markers
+    and the driver lease."""
     store, _, plan = load_study(uri)
-    scan = scan_results(store)
+    scan, rows_read = scan_durations(store)
     live = lease = read_lease(store)
     if live is not None and not live.live():
         live = None
@@ -80,9 +126,10 @@ def inspect_study(uri: str) -> StudyState:
 
     def read(uid: str) -> dict | None:
         try:
-            return store.read_json(run_marker_path(uid))
+            marker = store.read_json(run_marker_path(uid))
         except (StudyError, ValueError):  # removed meanwhile, or not JSON: no marker
             return None
+        return marker if isinstance(marker, dict) else None  # JSON, but not a marker
 
     with ThreadPoolExecutor(max(1, min(16, len(wanted)))) as pool:
         markers = dict(zip(wanted, pool.map(read, wanted), strict=True))
@@ -108,13 +155,13 @@ def inspect_study(uri: str) -> StudyState:
                 "stage": u.stage,
                 "state": state,
                 "unit_id": u.unit_id,
-                "host": m.get("host"),
-                "updated_at": m.get("updated_at"),
+                "max_epochs": u.config.train.epochs,
+                **{k: m.get(k) for k in _MARKER_FIELDS},
                 "error": error,
-                "lease_id": m.get("lease_id"),
             }
         )
-    units = pd.DataFrame(rows)
+    # object columns: a marker's ints stay ints and its absent fields None (not NaN)
+    units = pd.DataFrame({k: pd.Series([r[k] for r in rows], dtype=object) for k in _COLUMNS})
     table = (
         units.groupby(["stage", "state"])
         .size()
@@ -122,7 +169,24 @@ def inspect_study(uri: str) -> StudyState:
         .reindex(index=list(STAGES), columns=list(STATES), fill_value=0)
     )
     table.loc["total"] = table.sum()
-    return StudyState(table, units, scan.corrupt, lease)
+    eta = _eta(plan.units, rows, DurationModel(measurements(rows_read, plan)))
+    return StudyState(table, units, scan.corrupt, lease, eta, datetime.now(UTC))
+
+
+def _eta(planned: list[Unit], rows: list[dict], model: DurationModel) -> Eta:
+    """The work left: each unit not done at its predicted duration, a running one for the
+    epochs it has still to run (`rows`: the units' states, in the order of `planned`)."""
+    left = [(u, r) for u, r in zip(planned, rows, strict=True) if r["state"] != "done"]
+    running = sum(r["state"] == "running" for _, r in left)
+    if not len(model):
+        return Eta(None, len(left), 0, running)
+    work, relative = 0.0, 0
+    for u, r in left:
+        p = model.predict(u.config)
+        relative += p.level == len(LEVELS) - 1
+        ran = r["epoch"] if r["state"] == "running" and isinstance(r["epoch"], int) else 0
+        work += p.per_epoch * max(p.epochs - ran, 0.0)
+    return Eta(work, len(left), len(model), running, relative)
 
 
 def study_status(uri: str) -> pd.DataFrame:
