@@ -187,7 +187,7 @@ def test_a_study_on_s3_leaves_its_secret_nowhere(
     agent_log = sessions[0] / "logs" / "runtime_env_agent.log"
     # runtime environments were created and logged (the Train controller's carries Train's
     # variables): it is this log that held the canary 7 times when units were Tune trials
-    assert "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S" in agent_log.read_text()
+    assert "RAY_TRAIN_V2_ENABLED" in agent_log.read_text()
     assert hits_in_folder(ray_temp_dir, CANARY) == {}
     assert hits_in_bucket(endpoint, bucket, CANARY) == {}
     assert hits_in_folder(tmp_path, CANARY) == {}  # the report and the prepared-data cache
