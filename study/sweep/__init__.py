@@ -1,1 +1,2 @@
-"""Sweep layer: spec, plan, Ray Train pretraining, Ray Tune fan-out, resume (imports Ray lazily)."""
+"""Sweep layer: spec, plan, the streaming scheduler of Ray tasks (Ray Train for
+pretraining), resume and status (imports Ray lazily)."""

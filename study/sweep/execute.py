@@ -1,8 +1,8 @@
-"""Run one unit: the body of a Tune trial or of a Ray Train worker, with no Ray import.
+"""Run one unit: the body of a unit's Ray task or of a Ray Train worker, with no Ray import.
 
-Each function takes the unit, the store and a `report` callable (ray.tune.report or
-ray.train.report when under Ray; None in a plain process), so a single unit can be run and
-debugged with `python -c` and no cluster.
+Each function takes the unit, the store and a `report` callable (ray.train.report in a
+DDP worker; None elsewhere), so a single unit can be run and debugged with `python -c`
+and no cluster.
 
 A unit's life in the store: a running marker; a checkpoint after each epoch (a re-run
 resumes from it); at the end the epochs table, then the result row (the row is written last:
@@ -10,7 +10,10 @@ its presence means the unit is done); then the checkpoint is removed.
 
 Every marker records the lease id of the driver that started the unit (`env["lease_id"]`,
 study.sweep.lease), so a "running" marker whose driver is gone reads as interrupted, and a
-run that fails while its driver is stopping is recorded as interrupted, not failed.
+run that fails while its driver is stopping is recorded as interrupted, not failed. Markers also
+record where and which attempt: host, Ray node, attempt (the driver's count), started_at,
+the epoch reached and resumed_from_epoch (the checkpoint's epoch an attempt went on from: 0
+when it started afresh); the "done" marker keeps the last attempt's.
 """
 
 from __future__ import annotations
@@ -152,6 +155,26 @@ def mark_failed(store: Store, unit: Unit, error: str, lease_id: str | None = Non
     _mark(store, unit, "failed", lease_id, error=error)
 
 
+def _node() -> str | None:
+    """The Ray node this process runs on ("IP node-id[:8]"), or None outside Ray."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+        return f"{ray.util.get_node_ip_address()} {node_id[:8]}"
+    except Exception:  # a driver torn down meanwhile: the marker still says the host
+        return None
+
+
+def _run_facts(env: dict) -> dict:
+    """What every marker of one attempt at a unit records: the attempt (the scheduler's
+    count, 1 for the first) and when it started."""
+    return {"attempt": int(env.get("attempt", 1)), "started_at": datetime.now(UTC).isoformat()}
+
+
 def _mark(store: Store, unit: Unit, state: str, lease_id: str | None = None, **extra) -> None:
     store.write_json(
         run_marker_path(unit.unit_id),
@@ -160,6 +183,7 @@ def _mark(store: Store, unit: Unit, state: str, lease_id: str | None = None, **e
             "stage": unit.stage,
             "state": state,
             "host": socket.gethostname(),
+            "node": _node(),
             "pid": os.getpid(),
             "lease_id": lease_id,
             "updated_at": datetime.now(UTC).isoformat(),
@@ -233,14 +257,20 @@ def _fit_config(
 
 
 def _epoch_callback(
-    store: Store, unit: Unit, report: Report, lease_id: str | None, persist: bool = True
+    store: Store,
+    unit: Unit,
+    report: Report,
+    lease_id: str | None,
+    facts: dict,
+    persist: bool = True,
 ):
-    """What `fit` calls after each epoch: checkpoint and marker (when `persist`), report."""
+    """What `fit` calls after each epoch: checkpoint and marker (when `persist`), report.
+    `facts` are the attempt's marker fields (`_run_facts`, and resumed_from_epoch)."""
 
     def on_epoch(state: dict, record: dict) -> None:
         if persist:
             store.write_bytes(checkpoint_path(unit.unit_id), state_to_bytes(state))
-            _mark(store, unit, "running", lease_id, epoch=record["epoch"])
+            _mark(store, unit, "running", lease_id, epoch=record["epoch"], **facts)
         if report is not None:
             report({k: v for k, v in record.items() if isinstance(v, int | float)})
 
@@ -277,6 +307,7 @@ def _commit(
     rel: str,
     schema,
     lease_id: str | None,
+    facts: dict,
     predictions: pa.Table | None = None,
 ) -> None:
     """Epochs and test predictions first, the result row last (its presence means done),
@@ -286,7 +317,7 @@ def _commit(
         store.write_table(predictions_path(unit.unit_id), predictions)
     store.write_table(rel, pa.Table.from_pylist([row], schema=schema))
     store.delete_dir(f"checkpoints/{unit.unit_id}")
-    _mark(store, unit, "done", lease_id)
+    _mark(store, unit, "done", lease_id, **facts)
 
 
 def _predictions_table(
@@ -360,7 +391,7 @@ def run_finetune_unit(
         store: the study's store.
         env: run facts that are not part of the unit's identity (code_version, and the
             lease_id of the driver, recorded in the unit's run markers).
-        report: called with each epoch's record (ray.tune.report inside Tune).
+        report: called with each epoch's record (none in a unit's Ray task).
         device: "cpu" or "cuda".
 
     Returns:
@@ -371,7 +402,8 @@ def run_finetune_unit(
         return None
     c = unit.config
     lease_id = env.get("lease_id")
-    _mark(store, unit, "running", lease_id)
+    facts = _run_facts(env)
+    _mark(store, unit, "running", lease_id, **facts)
     try:
         seed_everything(c.seed)
         data = open_prepared(store, c.data_key)
@@ -405,9 +437,10 @@ def run_finetune_unit(
             load_backbone(model, weights, skip)
             model.freeze(c.freeze_depth)
 
-        on_epoch = _epoch_callback(store, unit, report, lease_id)
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
+        facts["resumed_from_epoch"] = resume["epoch"] if resume is not None else 0
+        on_epoch = _epoch_callback(store, unit, report, lease_id, facts)
         result = fit(
             model, train, val, _fit_config(unit, env, device, obj), resume=resume, on_epoch=on_epoch
         )
@@ -450,7 +483,15 @@ def run_finetune_unit(
         }
         predictions = _predictions_table(uid, data, test_idx, y_test, p_test, obj.name, test_m)
         _commit(
-            store, unit, row, result.history, trial_path(uid), TRIALS_SCHEMA, lease_id, predictions
+            store,
+            unit,
+            row,
+            result.history,
+            trial_path(uid),
+            TRIALS_SCHEMA,
+            lease_id,
+            facts,
+            predictions,
         )
         return row
     except BaseException as e:
@@ -483,8 +524,9 @@ def run_pretrain_worker(
     uid = unit.unit_id
     c = unit.config
     lease_id = env.get("lease_id")
+    facts = _run_facts(env)
     if rank == 0:
-        _mark(store, unit, "running", lease_id)
+        _mark(store, unit, "running", lease_id, **facts)
     try:
         seed_everything(c.seed)
         data = open_prepared(store, c.data_key)
@@ -505,9 +547,10 @@ def run_pretrain_worker(
         per_worker = max(1, c.train.batch_size // world_size)
 
         # Every rank reports (a Train report is collective); rank 0 alone writes.
-        on_epoch = _epoch_callback(store, unit, report, lease_id, persist=rank == 0)
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
+        facts["resumed_from_epoch"] = resume["epoch"] if resume is not None else 0
+        on_epoch = _epoch_callback(store, unit, report, lease_id, facts, persist=rank == 0)
         result = fit(
             trained,
             train,
@@ -543,7 +586,9 @@ def run_pretrain_worker(
             "num_workers": world_size,
             "n_train": len(train),
         }
-        _commit(store, unit, row, result.history, pretrain_path(uid), PRETRAIN_SCHEMA, lease_id)
+        _commit(
+            store, unit, row, result.history, pretrain_path(uid), PRETRAIN_SCHEMA, lease_id, facts
+        )
     except BaseException as e:
         if rank == 0:
             _mark_ended(store, unit, e, lease_id)

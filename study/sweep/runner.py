@@ -24,8 +24,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import uuid
+import weakref
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -513,151 +512,120 @@ def ensure_ray(address: str | None = None) -> None:
         )
 
 
-def _pretrain_loop(config: dict) -> None:
-    """The Ray Train worker function of a pretraining unit."""
-    import ray.train
-    import ray.train.torch
-    import torch
-
-    from study.sweep.execute import run_pretrain_worker
-
-    ctx = ray.train.get_context()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(config["threads"])))
-    run_pretrain_worker(
-        config["unit"],
-        Store(config["store_uri"]),
-        config["env"],
-        rank=ctx.get_world_rank(),
-        world_size=ctx.get_world_size(),
-        report=ray.train.report,
-        device=str(device),
-    )
-
-
-def _run_pretrain_unit(unit: Unit, store: Store, spec: Spec, env: dict) -> None:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    p = spec.pretrain
-    trainer = TorchTrainer(
-        _pretrain_loop,
-        train_loop_config={
-            "unit": unit,
-            "store_uri": store.uri,
-            "env": env,
-            "threads": p.cpus_per_worker,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=p.num_workers,
-            use_gpu=p.use_gpu,
-            resources_per_worker={"CPU": p.cpus_per_worker},
-        ),
-        torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
-        run_config=RunConfig(
-            # A fresh name per attempt: our own checkpoint in the store does the resuming.
-            name=f"{unit.unit_id}-{uuid.uuid4().hex[:8]}",
-            storage_path=store.path("_ray", "train"),
-            storage_filesystem=store.fs,
-            # Never retry forever: a unit whose workers cannot be placed must fail, not hang.
-            failure_config=FailureConfig(
-                max_failures=spec.execution.max_failures,
-                controller_failure_limit=spec.execution.max_failures,
-            ),
-        ),
-    )
-    trainer.fit()
-
-
-def _tune_trial(
-    config: dict, units: dict, store_uri: str, env: dict, threads: float, use_gpu: bool
-) -> None:
-    """A Tune trial: one fine-tuning or from-scratch unit."""
-    import ray.tune
-    import torch
-
-    from study.sweep.execute import run_finetune_unit
-
-    torch.set_num_threads(max(1, int(threads)))
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    run_finetune_unit(
-        units[config["unit_id"]], Store(store_uri), env, report=ray.tune.report, device=device
-    )
-
-
-def _keep_credentials_out_of_runtime_env() -> None:
-    """Stop Ray Tune from copying the driver's AWS_* variables (the secret key included) into
-    every trial actor's runtime_env (ray/tune/execution/class_cache.py), which Ray's
-    runtime-env agent writes to its session log: trials take credentials from their own
-    node's chain (the raylet's environment, ~/.aws, the instance profile)."""
-    from ray.tune.execution import class_cache
-
-    class_cache.ENV_VARS_TO_PROPAGATE = {
-        v for v in class_cache.ENV_VARS_TO_PROPAGATE if not v.startswith("AWS_")
-    }
-
-
 def _short_error(e: BaseException | str) -> str:
-    """The line of an error that says what it was (Ray wraps a trial's or a worker's error
+    """The line of an error that says what it was (Ray wraps a task's or a worker's error
     in a traceback: its last line is the original `Type: message`)."""
     text = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return (lines[-1] if lines else text)[:500]
 
 
-def _error_collector(errors: dict[str, str]):
-    """A Tune callback recording each failed trial's unit and error into `errors` (in the
-    driver: the trial may have had no chance to write its own failure marker)."""
-    from ray import tune
-
-    class Errors(tune.Callback):
-        def on_trial_error(self, iteration, trials, trial, **info):
-            try:
-                error = _short_error(str(trial.get_error() or "the trial failed"))
-            except Exception:  # Tune's error file may be unreadable; the unit still failed
-                error = "the trial failed (Tune's error file could not be read)"
-            errors[trial.config["unit_id"]] = error
-
-    return Errors()
+def expected_seconds(unit: Unit) -> float:
+    """A unit's relative expected duration, for the scheduler's longest-first order: its
+    epochs times the share of the data it trains on; a pretraining unit (the whole upstream
+    dataset, usually far larger) counts 100 times more. Only the order matters."""
+    c = unit.config
+    epochs = float(c.train.epochs)
+    if unit.stage == "pretrain":
+        return 100.0 * epochs
+    return epochs * float(c.data_fraction)
 
 
-def _run_tune_chunk(
-    units: list[Unit], store: Store, spec: Spec, env: dict, bar, errors: dict[str, str]
-) -> None:
-    """Run one chunk of fine-tuning units as a Tune experiment; failed units' errors go
-    into `errors`."""
-    from ray import tune
+def _jobs(store: Store, spec: Spec, units: list[Unit], env: dict) -> list:
+    """One scheduler Job per unit: a Ray task (study.sweep.remote) with the unit's resources;
+    a fine-tuning unit depends on its pretraining unit."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from study.sweep._progress import Progress
+    from study.sweep import remote
+    from study.sweep.scheduler import Job
 
-    f = spec.finetune
-
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            _tune_trial,
-            units={u.unit_id: u for u in units},
-            store_uri=store.uri,
-            env=env,
-            threads=f.cpus_per_trial,
-            use_gpu=f.gpus_per_trial > 0,
-        ),
-        {"cpu": f.cpus_per_trial, "gpu": f.gpus_per_trial},
+    f, p = spec.finetune, spec.pretrain
+    # Ray retries nothing itself: the scheduler does (a retried unit resumes from its
+    # checkpoint), and it counts attempts for the markers.
+    unit_task = ray.remote(remote.run_unit).options(
+        num_cpus=f.cpus_per_trial, num_gpus=f.gpus_per_trial, max_retries=0
     )
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"unit_id": tune.grid_search([u.unit_id for u in units])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=f.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=f"finetune-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
-            storage_path=store.path("_ray", "tune"),
-            storage_filesystem=store.fs,
-            failure_config=tune.FailureConfig(max_failures=spec.execution.max_failures),
-            callbacks=[Progress(bar), _error_collector(errors)],
-            verbose=0,
+    pretrain_task = ray.remote(remote.run_pretraining).options(
+        num_cpus=0,
+        max_retries=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=True
         ),
     )
-    _keep_credentials_out_of_runtime_env()
-    tuner.fit()
+    pretrain = {
+        "num_workers": p.num_workers,
+        "use_gpu": p.use_gpu,
+        "cpus_per_worker": p.cpus_per_worker,
+    }
+    attempts: dict[str, int] = {}
+
+    def submit(u: Unit):
+        def start():
+            attempts[u.unit_id] = attempts.get(u.unit_id, 0) + 1
+            run_env = {**env, "attempt": attempts[u.unit_id]}
+            if u.stage == "pretrain":
+                return pretrain_task.remote(
+                    u, store.uri, run_env, pretrain, spec.execution.max_failures
+                )
+            return unit_task.remote(u, store.uri, run_env, f.cpus_per_trial, f.gpus_per_trial > 0)
+
+        return start
+
+    return [
+        Job(
+            key=u.unit_id,
+            submit=submit(u),
+            depends_on=u.depends_on,
+            expected_seconds=expected_seconds(u),
+            kind="pretrain" if u.stage == "pretrain" else "unit",
+        )
+        for u in units
+    ]
+
+
+class _Progress:
+    """The driver's progress bar and log, fed by the scheduler's events; failed units'
+    errors go into `errors`."""
+
+    def __init__(self, bar, errors: dict[str, str]) -> None:
+        self.bar = bar
+        self.errors = errors
+        self.running = {"pretrain": 0, "unit": 0}
+        self.blocked: dict[str, list[str]] = {}  # failed unit -> units waiting on it
+
+    def __call__(self, job, outcome) -> None:
+        state = outcome.state
+        if state == "started":
+            self.running[job.kind] += 1
+        elif state in ("done", "failed", "retrying", "stopped"):
+            self.running[job.kind] -= 1
+        if state == "retrying":
+            _log(
+                f"unit {job.key} (attempt {outcome.attempts}) failed, trying again: "
+                f"{_short_error(outcome.error or '')}"
+            )
+        elif state == "failed":
+            self.errors[job.key] = _short_error(outcome.error or "its task failed")
+            _log(f"unit {job.key} failed: {self.errors[job.key]}")
+        elif state == "blocked":
+            self.blocked.setdefault(job.depends_on or "?", []).append(job.key)
+        if state in ("done", "failed", "blocked"):
+            self.bar.update(1)
+        failed = len(self.errors)
+        self.bar.set_postfix_str(
+            f"{self.running['pretrain']} pretraining, {self.running['unit']} training"
+            + (f", {failed} failed" if failed else ""),
+            refresh=False,
+        )
+
+    def summary(self) -> None:
+        n = sum(len(v) for v in self.blocked.values())
+        if n:
+            _log(
+                f"{n} units not started: the unit they need failed "
+                f"({', '.join(sorted(self.blocked))})"
+            )
 
 
 def _outcome(store: Store, plan: Plan, done: set[str]) -> StudyOutcome:
@@ -672,28 +640,14 @@ def _outcome(store: Store, plan: Plan, done: set[str]) -> StudyOutcome:
     )
 
 
-def _pretrain_progress(store: Store, units: list[Unit], epochs: int) -> str:
-    """'pretraining pt-1234 epoch 3/12, ...' from the units' run markers."""
-    parts = []
-    for u in units:
-        try:
-            marker = store.read_json(run_marker_path(u.unit_id))
-        except StudyError:
-            continue
-        if marker.get("state") == "running":
-            parts.append(f"{u.unit_id} epoch {marker.get('epoch', 0)}/{epochs}")
-    return "pretraining " + (", ".join(parts) if parts else "(starting workers)")
-
-
 class DriverInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM reached the driver (a KeyboardInterrupt: `study` exits 130)."""
 
 
 class _StopSignals:
     """While a driver runs in the main thread: SIGINT and SIGTERM raise DriverInterrupted
-    there (`ray job stop` sends SIGTERM, which ray.init would turn into a plain exit), and
-    Tune's own SIGINT handler is off (it would end a fine-tuning chunk quietly and let the
-    driver go on to the next). `interrupt` raises it from another thread (a lost lease).
+    there (`ray job stop` sends SIGTERM, which ray.init would turn into a plain exit).
+    `interrupt` raises it from another thread (a lost lease).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -702,13 +656,12 @@ class _StopSignals:
         self.active = threading.current_thread() is threading.main_thread()
         self.armed = self.active  # whether `interrupt` interrupts (off once the driver ends)
         self._saved: dict = {}
-        self._tune_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        self.received: str | None = None  # the last stop signal's name
 
     def install(self) -> None:
         """(Again after ray.init, which replaces the SIGTERM handler.)"""
         if not self.active:
             return
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         for sig in self.SIGNALS:
             current = signal.getsignal(sig)
             if current != self._raise:
@@ -716,7 +669,10 @@ class _StopSignals:
                 signal.signal(sig, self._raise)
 
     def _raise(self, signum, frame) -> None:
-        raise DriverInterrupted(signal.Signals(signum).name)
+        # Remembered: Ray turns an exception raised while it waits into a plain
+        # KeyboardInterrupt.
+        self.received = signal.Signals(signum).name
+        raise DriverInterrupted(self.received)
 
     def interrupt(self) -> None:
         if self.armed:
@@ -728,10 +684,6 @@ class _StopSignals:
         self.active = False
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
-        if self._tune_env is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._tune_env
 
 
 @contextlib.contextmanager
@@ -755,44 +707,57 @@ def _driver(store: Store, takeover: bool):
         signals.restore()
 
 
-def _stop_units(lease: Lease, why: str, shutdown: bool) -> None:
-    """Wind the driver down: record in the lease that it stops (a unit failing from now on
-    records an interruption: its workers are being torn down), then end the units it
-    runs (their Ray tasks and actors go with the driver's Ray connection)."""
-    if not lease.stopping:
-        _log(f"stopping ({why}): ending the units in flight")
-        lease.mark_stopping(why)
-    if shutdown and STOP_GRACE_S is not None:
-        _exit_if_stuck(STOP_GRACE_S)
-    if shutdown:
-        import ray
+_STOPPED: weakref.WeakSet = weakref.WeakSet()  # the leases whose driver said it stops
 
-        if ray.is_initialized():
-            ray.shutdown()
+
+def _stop_units(lease: Lease, why: str) -> None:
+    """Say once that the driver stops, and record it in the lease (unless the lease was
+    lost): a unit failing from now on records an interruption (its workers are being torn
+    down), and no other driver starts meanwhile."""
+    if lease in _STOPPED:
+        return
+    _STOPPED.add(lease)
+    _log(f"stopping ({why}): ending the units in flight")
+    if not lease.lost.is_set():
+        lease.mark_stopping(why)
 
 
 #: Set by the `study` command (never for a driver run from Python): seconds a stopping
-#: driver may take to shut Ray down and settle its markers before the process exits anyway
-#: with 130. Under load, ray.shutdown() during a Ray Train run once hung past 3 minutes
-#: after SIGTERM; the lease, markers and rows stay as they are, and `study status` tells
-#: a dead driver's units apart by its lease.
+#: driver may take to shut Ray down before the process releases its lease and exits anyway
+#: with 130 (its units' markers are settled before the shutdown starts).
 STOP_GRACE_S: float | None = None
 
 
-def _exit_if_stuck(seconds: float) -> None:
-    def give_up() -> None:
-        _log(f"stopping took over {seconds:.0f} s (Ray's shutdown is stuck): exiting now")
-        sys.stderr.flush()
-        os._exit(130)
+def _shutdown_ray(lease: Lease) -> None:
+    """End the driver's Ray connection (and the local cluster it started), within
+    STOP_GRACE_S when that is set."""
+    import ray
 
-    timer = threading.Timer(seconds, give_up)
-    timer.daemon = True
-    timer.start()
+    if not ray.is_initialized():
+        return
+    if STOP_GRACE_S is not None:
+
+        def give_up() -> None:
+            _log(f"stopping took over {STOP_GRACE_S:.0f} s (Ray's shutdown is stuck): exiting")
+            lease.release()
+            sys.stderr.flush()
+            os._exit(130)
+
+        timer = threading.Timer(STOP_GRACE_S, give_up)
+        timer.daemon = True
+        timer.start()
+    ray.shutdown()
 
 
-def _why_stopped(e: BaseException, lease: Lease) -> str:
+def _why_stopped(
+    e: BaseException | None, lease: Lease, signals: _StopSignals | None = None
+) -> str:
     if lease.lost.is_set():
         return f"lost the lease: {lease.lost_reason}"
+    if e is None:
+        return lease.info.reason or "asked to stop"
+    if isinstance(e, KeyboardInterrupt) and signals is not None and signals.received:
+        return f"{signals.received} received"
     if isinstance(e, DriverInterrupted):
         return f"{e.args[0] if e.args else 'interrupted'} received"
     if isinstance(e, KeyboardInterrupt):
@@ -802,8 +767,8 @@ def _why_stopped(e: BaseException, lease: Lease) -> str:
 
 def close_markers(store: Store, units: Iterable[Unit], errors: dict[str, str], lease: Lease) -> int:
     """When a driver ends, settle the markers of the units it ran that ended without a row:
-    a "running" marker of this driver's lease becomes "failed" (with the error Tune or Ray
-    Train reported: the unit's own record may never have been written, e.g. its node died
+    a "running" marker of this driver's lease becomes "failed" (with the error its task
+    ended with: the unit's own record may never have been written, e.g. its node died
     or the store was unreachable) or "interrupted" (no error: the driver stopped it).
     Markers of another lease, and units with a row, are left alone.
 
@@ -851,8 +816,9 @@ def _execute(
     Unreadable result parts are moved aside first (their units run again). However the
     run ends (normally, an error, Ctrl-C/SIGTERM, a lost lease), the units it ran that
     ended without a row are left marked failed or interrupted, never "running"
-    (`close_markers`); an interrupted driver or one that lost its lease stops its units
-    first, so that their failures read as interruptions (`_stop_units`).
+    (`close_markers`): a stopping driver records that it stops (so that its units' failures
+    read as interruptions), kills its units' tasks, settles their markers, and only then
+    shuts Ray down.
     """
     env = {
         "code_version": code_version(),
@@ -873,24 +839,31 @@ def _execute(
     )
     if not pending:
         return _outcome(store, plan, done)
-    errors: dict[str, str] = {}  # unit id -> the error Tune or Train reported
+    errors: dict[str, str] = {}  # unit id -> the error its task ended with
+
+    def settle() -> None:
+        if lease.lost.is_set():  # its units' markers are now the new holder's business
+            return
+        try:
+            close_markers(store, pending, errors, lease)
+        except StudyError as e:  # e.g. the store is unreachable: never hide the cause
+            _log(
+                f"could not settle the run markers ({e}); `study status` still tells "
+                "running units from interrupted ones by the lease"
+            )
+
     try:
-        _run_pending(store, spec, plan, pending, address, lease, signals, env, errors)
+        _run_pending(store, spec, pending, done, address, lease, signals, env, errors)
     except BaseException as e:
-        interrupted = isinstance(e, KeyboardInterrupt | SystemExit) or lease.lost.is_set()
-        _stop_units(lease, _why_stopped(e, lease), shutdown=interrupted)
+        _stop_units(lease, _why_stopped(e, lease, signals))
+        if isinstance(e, KeyboardInterrupt | SystemExit) or lease.lost.is_set():
+            settle()  # before the shutdown, which may hang
+            _shutdown_ray(lease)
         if lease.lost.is_set() and not isinstance(e, LeaseError):
             raise LeaseError(lease.lost_message()) from None
         raise
     finally:
-        if not lease.lost.is_set():  # its units' markers are now the new holder's business
-            try:
-                close_markers(store, pending, errors, lease)
-            except StudyError as e:  # e.g. the store is unreachable: never hide the cause
-                _log(
-                    f"could not settle the run markers ({e}); `study status` still tells "
-                    "running units from interrupted ones by the lease"
-                )
+        settle()
     lease.check()
     return _outcome(store, plan, done_ids(store, plan.units))
 
@@ -898,16 +871,19 @@ def _execute(
 def _run_pending(
     store: Store,
     spec: Spec,
-    plan: Plan,
     pending: list[Unit],
+    done: set[str],
     address: str | None,
     lease: Lease,
     signals: _StopSignals | None,
     env: dict,
     errors: dict[str, str],
 ) -> None:
-    """Prepare the data, then run the pending pretraining units (Ray Train) and the
-    fine-tuning units their rows allow (Ray Tune, in chunks)."""
+    """Prepare the data, then run the pending units on Ray as their dependencies land
+    (study.sweep.scheduler): from-scratch units at once, a pretraining unit's fine-tuning
+    units as soon as its row is in the store."""
+    from study.sweep.scheduler import Scheduler
+
     prepare_datasets(store, spec, pending)
     lease.check()
     ensure_ray(address)
@@ -921,54 +897,25 @@ def _run_pending(
         file=sys.stderr,
         dynamic_ncols=True,
     )
+    progress = _Progress(bar, errors)
+    limits = {"pretrain": spec.pretrain.max_concurrent}
+    if spec.finetune.max_concurrent is not None:
+        limits["unit"] = spec.finetune.max_concurrent
     try:
-        pre = [u for u in pending if u.stage == "pretrain"]
-        if pre:
-            bar.set_postfix_str("pretraining")
-
-            def one(u: Unit) -> None:
-                try:
-                    if lease.lost.is_set() or lease.stopping:
-                        return  # a stopping driver starts nothing
-                    _run_pretrain_unit(u, store, spec, env)
-                except Exception as e:  # the unit's marker holds the traceback
-                    if not (lease.lost.is_set() or lease.stopping):
-                        errors[u.unit_id] = _short_error(e)
-                        _log(f"pretraining unit {u.unit_id} failed: {errors[u.unit_id]}")
-                finally:
-                    bar.update(1)
-
-            with ThreadPoolExecutor(spec.pretrain.max_concurrent) as pool:
-                futures = [pool.submit(one, u) for u in pre]
-                try:
-                    while not all(f.done() for f in futures):
-                        lease.check()
-                        bar.set_postfix_str(_pretrain_progress(store, pre, spec.pretrain.epochs))
-                        time.sleep(2)
-                except BaseException as e:
-                    # The trainers run in pool threads, which Ctrl-C does not reach: stopping
-                    # Ray ends their fit() so the pool can close and the interrupt go through.
-                    for f in futures:
-                        f.cancel()
-                    _stop_units(lease, _why_stopped(e, lease), shutdown=True)
-                    raise
-        lease.check()
-        # A fine-tuning unit starts from a pretraining unit that is done (its row is in the
-        # store), never from weights an unfinished run happened to leave.
-        have_weights = done_ids(store, plan.by_stage("pretrain"))
-        trials = [u for u in pending if u.stage != "pretrain"]
-        runnable = [u for u in trials if u.depends_on is None or u.depends_on in have_weights]
-        blocked = len(trials) - len(runnable)
-        if blocked:
-            _log(f"{blocked} fine-tuning units skipped: their pretraining unit failed")
-            bar.update(blocked)
-        bar.set_postfix_str("fine-tuning")
-        size = spec.execution.tune_chunk_size
-        for start in range(0, len(runnable), size):
-            lease.check()
-            _run_tune_chunk(runnable[start : start + size], store, spec, env, bar, errors)
+        Scheduler(
+            _jobs(store, spec, pending, env),
+            limits=limits,
+            window=spec.execution.max_in_flight,
+            done=done,
+            max_retries=spec.execution.max_failures,
+            on_event=progress,
+            should_stop=lambda: lease.lost.is_set() or lease.stopping,
+            on_stop=lambda e: _stop_units(lease, _why_stopped(e, lease, signals)),
+        ).run()
     finally:
         bar.close()
+    progress.summary()
+    lease.check()
 
 
 def run_study(

@@ -13,8 +13,10 @@ with `ray.wait`, never polling with sleeps:
 - a job that fails is retried up to `max_retries` times (a lost node, a preempted spot
   instance: the unit resumes from its last checkpoint in the store); then it is failed, and
   every job depending on it, directly or not, is blocked (never started);
-- `should_stop` is asked between waits (a lost lease, Ctrl-C): no new job starts, the jobs
-  in flight are cancelled, and the run returns what it knows.
+- `should_stop` is asked between waits (e.g. a lost lease): no new job starts, `on_stop`
+  is called, the jobs in flight are cancelled (their processes killed), and the run returns
+  what it knows once their tasks have ended (`stop_timeout_s` at most). An exception in the
+  driver (Ctrl-C, SIGTERM) does the same, then propagates.
 
 Why Ray tasks and `ray.wait` rather than Tune: Tune runs a fixed list of trials per
 experiment, so a study had to be cut into chunks (each waiting for its slowest trial) and
@@ -87,6 +89,10 @@ class Scheduler:
             with outcome state "started" when it starts (progress, markers).
         should_stop: asked between waits; True stops the run (module docstring).
         wait_timeout_s: the longest a `ray.wait` blocks before `should_stop` is asked again.
+        on_stop: called before the jobs in flight are cancelled (with the exception that
+            stops the run, or None when `should_stop` did): e.g. to record that what fails
+            from now on was interrupted.
+        stop_timeout_s: how long a stopping run waits for its cancelled tasks to end.
     """
 
     jobs: Iterable[Job]
@@ -97,6 +103,8 @@ class Scheduler:
     on_event: Callable[[Job, Outcome], None] | None = None
     should_stop: Callable[[], bool] | None = None
     wait_timeout_s: float = 5.0
+    on_stop: Callable[[BaseException | None], None] | None = None
+    stop_timeout_s: float = 30.0
 
     def run(self) -> dict[str, Outcome]:
         """Run every job not already done; return the outcome of each job run or blocked."""
@@ -152,16 +160,22 @@ class Scheduler:
                 heapq.heappush(ready, item)
             deferred.clear()
 
-        fill()
-        while in_flight:
-            if self.should_stop is not None and self.should_stop():
-                for ref, flight in in_flight.items():
-                    ray.cancel(ref, force=True)
-                    outcomes[flight.job.key] = Outcome("stopped", attempts[flight.job.key])
-                    emit(flight.job, outcomes[flight.job.key])
-                for _, _, key in ready:
-                    outcomes[key] = Outcome("stopped")
-                return outcomes
+        def stop(cause: BaseException | None) -> None:
+            if self.on_stop is not None:
+                self.on_stop(cause)
+            refs = list(in_flight)
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            if refs:  # their processes are gone before the caller settles their markers
+                ray.wait(refs, num_returns=len(refs), timeout=self.stop_timeout_s)
+            for flight in in_flight.values():
+                outcomes[flight.job.key] = Outcome("stopped", attempts[flight.job.key])
+                emit(flight.job, outcomes[flight.job.key])
+            in_flight.clear()
+            for _, _, key in ready:
+                outcomes[key] = Outcome("stopped")
+
+        def wait() -> None:
             finished, _ = ray.wait(
                 list(in_flight), num_returns=1, timeout=self.wait_timeout_s, fetch_local=False
             )
@@ -188,7 +202,18 @@ class Scheduler:
                 for child in dependents.pop(job.key, []):
                     c = jobs[child]
                     heapq.heappush(ready, (-c.expected_seconds, order[child], child))
+
+        try:
             fill()
+            while in_flight:
+                if self.should_stop is not None and self.should_stop():
+                    stop(None)
+                    return outcomes
+                wait()
+                fill()
+        except BaseException as e:  # Ctrl-C, SIGTERM, a driver error: no task outlives it
+            stop(e)
+            raise
         for key in dependents:  # dependencies that never ran (cannot happen unless a cycle)
             for child in dependents[key]:
                 outcomes.setdefault(child, Outcome("blocked", error=f"{key} never ran"))

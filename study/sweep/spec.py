@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     field_validator,
+    model_validator,
 )
 
 from study.data.config import DatasetConfig
@@ -92,7 +93,7 @@ class PretrainSpec(TrainOptions):
 
 
 class FinetuneSpec(TrainOptions):
-    """The fine-tuning and from-scratch grid, one Ray Tune trial per unit. The training
+    """The fine-tuning and from-scratch grid, one Ray task per unit. The training
     options are TrainOptions', with longer training and smaller batches by default."""
 
     epochs: int = Field(30, ge=1)
@@ -155,13 +156,25 @@ class FinetuneSpec(TrainOptions):
 class ExecutionSpec(_Strict):
     """How the sweep is run (never part of a unit's identity)."""
 
-    tune_chunk_size: int = Field(500, ge=1)  # trials per Tune experiment (driver memory)
+    # Units submitted to Ray at once (the scheduler's window, refilled as units end): more
+    # than the cluster's slots, so that an autoscaler sees the demand and idle slots fill at
+    # once; bounded, so that the driver's memory does not grow with the study.
+    max_in_flight: int = Field(256, ge=1)
     max_failures: int = Field(1, ge=0)  # retries of a failing unit within one run
     worker_start_timeout_s: float = Field(600.0, gt=0)  # give up placing DDP workers after this
     # DataLoader worker processes per training process, reading batches ahead (0: the
     # training process reads them itself; raise it on GPU nodes where reading keeps the GPU
     # waiting). Never changes a result.
     loader_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, v):
+        # `tune_chunk_size` (fine-tuning in Tune experiments of that many units) went with
+        # the streaming scheduler; studies stored before still load.
+        if isinstance(v, dict) and "tune_chunk_size" in v:
+            v = {k: x for k, x in v.items() if k != "tune_chunk_size"}
+        return v
 
 
 class Spec(_Strict):

@@ -2,8 +2,10 @@
 
 Ray Tune copies the driver's AWS_* variables into every trial actor's runtime_env, and Ray's
 runtime-env agent logs each runtime_env it creates (logs/runtime_env_agent.log): the secret
-key ended up there 7 times per study. The runner stops that propagation; trials read the
-credentials from their node's own chain (here: the environment the raylet inherited).
+key ended up there 7 times per study when units ran as Tune trials. Units now run as Ray
+tasks with no runtime_env, and `keep_credentials_out_of_tune` stops that propagation for any
+Tune experiment; workers read the credentials from their node's own chain (here: the
+environment the raylet inherited).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import pytest
 from analysis import report_study
 from study.errors import StorageError
 from study.store import Store
-from study.sweep.runner import _keep_credentials_out_of_runtime_env, run_study
+from study.sweep.remote import keep_credentials_out_of_tune
+from study.sweep.runner import run_study
 from tests.sweep._smoke import assert_complete, smoke_spec
 
 CANARY = f"canary-{secrets.token_hex(12)}"  # a secret moto accepts, found nowhere by chance
@@ -103,7 +106,7 @@ def test_tune_stops_copying_aws_variables_into_trial_runtime_env(canary_env, mon
 
     leaked = class_cache._ActorClassCache().get(Before)._default_options["runtime_env"]
     assert leaked["env_vars"]["AWS_SECRET_ACCESS_KEY"] == CANARY  # what Ray does by default
-    _keep_credentials_out_of_runtime_env()
+    keep_credentials_out_of_tune()
     runtime_env = class_cache._ActorClassCache().get(After)._default_options["runtime_env"]
     assert not [k for k in runtime_env["env_vars"] if k.startswith("AWS_")]
     assert CANARY not in repr(runtime_env)
@@ -182,9 +185,9 @@ def test_a_study_on_s3_leaves_its_secret_nowhere(
     sessions = [p for p in ray_temp_dir.glob("session_*") if not p.is_symlink()]
     assert len(sessions) == 1
     agent_log = sessions[0] / "logs" / "runtime_env_agent.log"
-    # the trials' runtime_env was created and logged (Tune's PL_DISABLE_FORK is in it), as
-    # it was when the secret leaked: it is this log that held the canary 7 times
-    assert "PL_DISABLE_FORK" in agent_log.read_text()
+    # runtime environments were created and logged (the Train controller's carries Train's
+    # variables): it is this log that held the canary 7 times when units were Tune trials
+    assert "RAY_TRAIN_V2_ENABLED" in agent_log.read_text()
     assert hits_in_folder(ray_temp_dir, CANARY) == {}
     assert hits_in_bucket(endpoint, bucket, CANARY) == {}
     assert hits_in_folder(tmp_path, CANARY) == {}  # the report and the prepared-data cache
