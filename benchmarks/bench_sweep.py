@@ -1,10 +1,11 @@
-"""Orchestration overhead: the same units through Ray Tune vs one after another in-process.
+"""Orchestration overhead: the same units through `run_study` (one Ray task each, via the
+streaming scheduler) vs one after another in-process.
 
 Runs N from-scratch units of a tiny spec (1 epoch each, so the figures are dominated by
-what the sweep adds: trial start-up, data opening, store writes) twice, into two fresh
+what the sweep adds: task start-up, data opening, store writes) twice, into two fresh
 stores: (a) sequentially in this process with `run_finetune_unit` and no Ray, (b) through
-`run_study` on a local Ray with 2 concurrent 1-CPU trials. Prints units/s of each and the
-ratio; per-unit seconds of Tune x concurrency estimates the per-trial cost.
+`run_study` on a local Ray with 2 concurrent 1-CPU units. Prints units/s of each and the
+ratio; per-unit seconds of the study x concurrency estimates the per-unit cost.
 
     python benchmarks/bench_sweep.py [--units 24]
 """
@@ -65,20 +66,20 @@ def main() -> None:
             include_dashboard=False,
             log_to_driver=False,
         )
-        store2 = Store(f"{tmp}/tune/bench")
+        store2 = Store(f"{tmp}/ray/bench")
         init_study(store2, spec)
         prepare_datasets(store2, spec)  # both arms start with data prepared
         t0 = time.perf_counter()
-        outcome = run_study(spec, f"{tmp}/tune")
-        tune_s = time.perf_counter() - t0
+        outcome = run_study(spec, f"{tmp}/ray")
+        ray_s = time.perf_counter() - t0
         ray.shutdown()
     n = len(make_plan(spec).units)
     assert outcome.complete, outcome.failed
     print(f"{n} from-scratch units, resnet1d18 base_width 4, synth_tiny, 1 epoch each")
     print(f"in-process, sequential : {n / inproc:6.2f} units/s ({inproc:.1f} s)")
-    print(f"Ray Tune, 2 concurrent : {n / tune_s:6.2f} units/s ({tune_s:.1f} s)")
-    print(f"ratio tune/in-process  : {inproc / tune_s:.2f} (2.0 = perfect use of 2 workers)")
-    print(f"Tune wall per unit x 2 : {2 * tune_s / n:.2f} s vs {inproc / n:.2f} s in-process")
+    print(f"study, 2 concurrent    : {n / ray_s:6.2f} units/s ({ray_s:.1f} s)")
+    print(f"ratio study/in-process : {inproc / ray_s:.2f} (2.0 = perfect use of 2 workers)")
+    print(f"wall per unit x 2      : {2 * ray_s / n:.2f} s vs {inproc / n:.2f} s in-process")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,13 @@ Every write is atomic: a local file is written under a dot-name and renamed into
 object appears only when its upload completes. Readers of Parquet datasets ignore names that
 start with "." or "_", so a half-written temporary file is never read as a result.
 
+An S3 store waits out an outage: every operation whose request times out or fails with an
+error the server may not repeat (network, 5xx, throttling) is tried again, with exponential
+backoff and jitter, for up to STUDY_STORE_RETRY_S seconds (default 120) in all; then it
+raises StorageError naming the store, the operation and how long it tried. Each request gives
+up after STUDY_STORE_TIMEOUT_S seconds without a byte (default 5): a frozen endpoint accepts
+connections and never answers, and pyarrow's own retries alone last ~10 s (see `_call`).
+
 This module depends on pyarrow only, so `analysis/` can read a store without Ray or torch.
 """
 
@@ -14,11 +21,16 @@ import contextlib
 import io
 import json
 import os
+import random
+import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 import pyarrow as pa
@@ -26,9 +38,9 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from study.errors import StorageError
+from study.errors import ConfigError, StorageError
 
-__all__ = ["Store", "PartScan", "filesystem_for"]
+__all__ = ["Store", "PartScan", "filesystem_for", "RETRY_ENV", "TIMEOUT_ENV"]
 
 _CHUNK = 16 << 20  # bytes per write when streaming a file into the store
 _MAX_S3_COPY = 5 * 10**9  # S3's CopyObject limit (5 GB): larger objects are uploaded directly
@@ -37,6 +49,105 @@ _MAX_S3_COPY = 5 * 10**9  # S3's CopyObject limit (5 GB): larger objects are upl
 _WHOLE_PART = 8 << 20
 _SCAN_THREADS_S3 = 32  # parts read at once from S3 (each a small GET: latency-bound)
 _SCAN_THREADS_LOCAL = 4
+_T = TypeVar("_T")
+
+# --- waiting out an S3 outage ------------------------------------------------------------
+RETRY_ENV = "STUDY_STORE_RETRY_S"  # seconds an S3 operation keeps trying through an outage
+TIMEOUT_ENV = "STUDY_STORE_TIMEOUT_S"  # seconds an S3 request may go without a byte
+_RETRY_S = 120.0  # outlasts an outage of a minute or two, and a lease's 90 s TTL
+# The AWS SDK's default is 3 s; 5 s spares a slow request on a busy link, and still ends a
+# request to a frozen endpoint (connected, never answering) well within the retry budget.
+_TIMEOUT_S = 5.0
+_S3_ATTEMPTS = 3  # pyarrow's own tries per request (its default): for quick blips
+_BACKOFF_FIRST_S = 0.5  # the first wait between our tries; doubled after each, up to
+_BACKOFF_MAX_S = 10.0  # ... this, so the store is tried again within ~10 s of coming back
+# pyarrow raises every S3 failure as a plain OSError; its message holds the AWS SDK's error
+# name (and curl's code for a network failure). These are the ones a later try may not see.
+_TRANSIENT = (
+    "NETWORK_CONNECTION",  # any failure of curl's (timeout, refused, reset, ...)
+    "INTERNAL_FAILURE",
+    "SERVICE_UNAVAILABLE",
+    "SLOW_DOWN",
+    "THROTTLING",
+    "REQUEST_TIMEOUT",
+    "HTTP status 5",  # "UNKNOWN (HTTP status 503)"
+    "HTTP status 429",
+)
+# ... but not these, which waiting never mends: a malformed URL or unsupported protocol, or a
+# certificate that is refused (curl's codes 1, 3, 58, 60, 77).
+_PERMANENT = ("curlCode: 1,", "curlCode: 3,", "curlCode: 58,", "curlCode: 60,", "curlCode: 77,")
+# No such host, nothing listens there, or no TLS there (curl's 6, 7, 35): a mistyped endpoint
+# when it has never answered this process (said at once); an outage once it has (waited out).
+_UNREACHABLE = ("curlCode: 6,", "curlCode: 7,", "curlCode: 35,")
+
+
+def _env_seconds(name: str, default: float, minimum: float = 0.0) -> float:
+    """The seconds in environment variable `name`, or `default` when it is unset or empty.
+
+    Raises:
+        ConfigError: not a number, or below `minimum`.
+    """
+    raw = os.environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= minimum:  # nan too
+        raise ConfigError(f"{name} must be a number of seconds >= {minimum:g}, got {raw!r}")
+    return value
+
+
+def _transient(e: OSError) -> bool:
+    """Whether a later try of the request that raised `e` may succeed."""
+    if isinstance(e, StorageError | FileNotFoundError | PermissionError):
+        return False
+    if isinstance(e, ConnectionError | TimeoutError):
+        return True
+    text = str(e)
+    return any(m in text for m in _TRANSIENT) and not any(m in text for m in _PERMANENT)
+
+
+class _Outage:
+    """One stderr line when this process finds an S3 endpoint not answering, and one when
+    it answers again (not one per operation: a scan reads 32 parts at once)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: dict[str, float] = {}
+        self.answered: set[str] = set()  # endpoints that answered this process at least once
+
+    def failed(self, endpoint: str, doing: str, budget: float, e: OSError) -> None:
+        with self._lock:
+            if endpoint in self._since:
+                return
+            self._since[endpoint] = time.monotonic()
+        _log(
+            f"the S3 store at {endpoint} does not answer ({doing}: {_one_line(e)}); "
+            f"retrying for up to {budget:g} s ({RETRY_ENV})"
+        )
+
+    def answered_now(self, endpoint: str) -> None:
+        self.answered.add(endpoint)
+        if endpoint not in self._since:  # unlocked fast path: the usual case
+            return
+        with self._lock:
+            since = self._since.pop(endpoint, None)
+        if since is not None:
+            waited = time.monotonic() - since
+            _log(f"the S3 store at {endpoint} answers again, {waited:.0f} s after a request failed")
+
+
+_OUTAGE = _Outage()
+
+
+def _log(msg: str) -> None:
+    print(f"[study] {msg}", file=sys.stderr, flush=True)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
 
 
 @dataclass(frozen=True)
@@ -76,21 +187,39 @@ def _s3_filesystem(query: dict[str, list[str]]) -> pafs.S3FileSystem:
     only the options (endpoint, scheme, region), never a key. An S3FileSystem built with
     explicit keys pickles them, and Ray pickles `storage_filesystem` into every trial and
     into Tune's state in the store.
+
+    Each request gives up after STUDY_STORE_TIMEOUT_S without a byte (connecting, or
+    waiting for an answer), and pyarrow tries it _S3_ATTEMPTS times: a store operation
+    (`Store._call`) then waits out a longer outage. What else uses this filesystem (Ray Tune
+    and Train keep their own state in the store through it) gets pyarrow's tries only.
     """
+    # whole seconds on Linux (curl's low-speed time): 1 at least
+    timeout = _env_seconds(TIMEOUT_ENV, _TIMEOUT_S, minimum=1.0)
+    kwargs: dict = {
+        "request_timeout": timeout,  # on Linux: curl's low-speed limit, 1 byte in this long
+        "connect_timeout": timeout,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_S3_ATTEMPTS),
+    }
+    endpoint = _s3_endpoint(query)
+    if endpoint:
+        kwargs["endpoint_override"], kwargs["scheme"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+def _s3_endpoint(query: dict[str, list[str]]) -> tuple[str, str] | None:
+    """(host[:port], scheme) of an S3-compatible endpoint, or None for AWS itself."""
     endpoint = (
         query.get("endpoint_override", [None])[0]
         or os.environ.get("AWS_ENDPOINT_URL_S3")
         or os.environ.get("AWS_ENDPOINT_URL")
     )
-    kwargs: dict = {}
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"//{endpoint}")
-        kwargs["endpoint_override"] = parsed.netloc or parsed.path
-        kwargs["scheme"] = query.get("scheme", [parsed.scheme or "https"])[0]
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs)
+    if not endpoint:
+        return None
+    parsed = urlparse(endpoint if "://" in endpoint else f"//{endpoint}")
+    return parsed.netloc or parsed.path, query.get("scheme", [parsed.scheme or "https"])[0]
 
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -129,8 +258,14 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
 class Store:
     """A study root: atomic file, JSON and Parquet writes, and listing, on any pyarrow filesystem.
 
+    Every operation on an S3 store waits out an outage (module docstring, `_call`).
+
     Args:
         uri: a local path or `s3://bucket/prefix`.
+
+    Raises:
+        StorageError: the URI is not a store's (see `filesystem_for`).
+        ConfigError: STUDY_STORE_RETRY_S or STUDY_STORE_TIMEOUT_S is not a number of seconds.
     """
 
     def __init__(self, uri: str) -> None:
@@ -141,6 +276,82 @@ class Store:
         self.uri = uri.rstrip("/") if uri.startswith("s3://") else self.root
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
         self._bucket_seen = self.is_local  # a missing bucket is reported once looked for
+        # read here, so a Ray worker (which rebuilds the store from its URI) uses its own
+        self.retry_s = _env_seconds(RETRY_ENV, _RETRY_S)
+        endpoint = None if self.is_local else _s3_endpoint(parse_qs(urlparse(uri).query))
+        self._endpoint = endpoint[0] if endpoint else "AWS S3"
+        self._deadline: float | None = None  # see `until`
+
+    def until(self, deadline: float) -> Store:
+        """This store (the same filesystem) whose operations stop retrying at `deadline`
+        (a `time.monotonic()` time), e.g. for a lease's heartbeat, which must never land a
+        write after its lease could have expired."""
+        other = object.__new__(Store)
+        other.__dict__.update(self.__dict__, _deadline=deadline)
+        return other
+
+    def _call(self, doing: str, fn: Callable[[], _T], missing: bool = False) -> _T:
+        """`fn()`, tried again while an S3 store does not answer, then StorageError.
+
+        An error a later try may not see (`_transient`: the request timed out, the
+        connection failed, 5xx, throttling) is retried with exponential backoff and jitter
+        for up to `retry_s` seconds from the first try (or until the store's deadline, see
+        `until`); any other error is raised at once.
+        A local store is never retried (its errors do not go away by waiting). Nor is an
+        endpoint that has never answered this process and refuses connections or does not
+        resolve: that is a mistyped AWS_ENDPOINT_URL, said at once.
+
+        Each try of `fn` must be safe to repeat, also after a try whose outcome is unknown
+        (a request that timed out may have been carried out): reads, listings, a write to a
+        name only this call uses, a server-side copy of it, a delete of a file that may be
+        gone.
+
+        Args:
+            doing: the start of the error message, naming the operation and the store.
+            missing: let FileNotFoundError through (the caller says what a missing file
+                means); otherwise it is a StorageError like any other error.
+
+        Raises:
+            StorageError: `f"{doing}: {error}"`, saying how long it tried when it retried.
+        """
+        start = time.monotonic()
+        budget = self.retry_s
+        if self._deadline is not None:
+            budget = max(0.0, min(budget, self._deadline - start))
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                result = fn()
+            except StorageError:
+                raise
+            except OSError as e:
+                if isinstance(e, FileNotFoundError):
+                    if not self.is_local:
+                        _OUTAGE.answered_now(self._endpoint)  # a 404 is an answer
+                    if missing:
+                        raise
+                    raise StorageError(f"{doing}: {e}") from e
+                if self.is_local or not _transient(e):
+                    raise StorageError(f"{doing}: {e}") from e
+                text = str(e)
+                if self._endpoint not in _OUTAGE.answered and any(m in text for m in _UNREACHABLE):
+                    raise StorageError(f"{doing}: {e}") from e
+                elapsed = time.monotonic() - start
+                if elapsed >= budget:
+                    raise StorageError(
+                        f"{doing}: the store did not answer for {elapsed:.0f} s ({tries} "
+                        f"{'try' if tries == 1 else 'tries'}; "
+                        f"{RETRY_ENV}={self.retry_s:g}): {e}"
+                    ) from e
+                _OUTAGE.failed(self._endpoint, doing, self.retry_s, e)
+                backoff = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** (tries - 1))
+                # jitter: the 32 threads of a scan, and every worker, must not retry in step
+                time.sleep(min(random.uniform(backoff / 2, backoff), budget - elapsed))
+            else:
+                if not self.is_local:
+                    _OUTAGE.answered_now(self._endpoint)
+                return result
 
     def _check_bucket(self) -> None:
         """Raise StorageError if the store's S3 bucket does not exist (asked once, the first
@@ -148,10 +359,10 @@ class Store:
         if self._bucket_seen:
             return
         bucket = self.root.split("/", 1)[0]
-        try:
-            found = self.fs.get_file_info(bucket).type != pafs.FileType.NotFound
-        except OSError as e:
-            raise StorageError(f"cannot reach store {self.uri}: {e}") from e
+        found = self._call(
+            f"cannot reach store {self.uri}",
+            lambda: self.fs.get_file_info(bucket).type != pafs.FileType.NotFound,
+        )
         if not found:
             raise StorageError(
                 f"store {self.uri}: bucket {bucket!r} does not exist (or these credentials "
@@ -187,10 +398,11 @@ class Store:
 
     # --- plain files -------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
-        try:
-            found = self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
-        except OSError as e:
-            raise StorageError(f"cannot reach store {self.uri}: {e}") from e
+        path = self.path(*parts)
+        found = self._call(
+            f"cannot reach store {self.uri}",
+            lambda: self.fs.get_file_info(path).type != pafs.FileType.NotFound,
+        )
         if not found:
             self._check_bucket()
         return found
@@ -212,55 +424,70 @@ class Store:
         direct = not self.is_local and src.is_file() and src.stat().st_size > _MAX_S3_COPY
         self._write(rel, copy, direct=direct)
 
-    def _write(self, rel: str, fill, direct: bool = False) -> None:
+    def _write(self, rel: str, fill: Callable[[Any], object], direct: bool = False) -> None:
         """Write `rel` through `fill(stream)`, atomically: under a dot-name first (which
         listings and Parquet readers ignore), then renamed (local) or copied server-side
         (S3: CopyObject makes the object appear whole) to its name. A failed or interrupted
         write leaves the old file as it was and no dot-file behind.
+
+        On S3 each step is retried through an outage (`_call`), and repeating one is
+        harmless: the upload goes to a dot-name only this call uses, and the copy, made
+        again after a try whose outcome is unknown, writes the same bytes. `fill` runs once
+        per try of the upload.
 
         `direct` (S3 only, for objects too large to copy in one request) uploads under the
         final name: leaving pyarrow's output stream completes the upload even after an
         error, so only a write whose source cannot fail half-way may use it.
         """
         final = self.path(rel)
-        parent = final.rsplit("/", 1)[0]
-        try:
-            if direct:
-                with self.fs.open_output_stream(final) as f:
-                    fill(f)
-                return
-            name = f".tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
-            if self.is_local:
-                # (S3 has no directories: creating one would only leave a marker object.)
-                self.fs.create_dir(parent, recursive=True)
-                tmp = f"{parent}/{name}"  # a rename stays on one filesystem
-            else:
-                # pyarrow leaves an empty "dir/" marker object where it deletes the last
-                # object of a prefix: one hidden prefix per store takes it, not results/
-                tmp = f"{self.root}/.tmp/{name}"
+        doing = f"cannot write {rel} in store {self.uri}"
+
+        def upload(path: str) -> None:
+            with self.fs.open_output_stream(path) as f:
+                fill(f)
+
+        if direct:
+            self._call(doing, lambda: upload(final))
+            return
+        name = f".tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
+        if self.is_local:
+            parent = final.rsplit("/", 1)[0]
+            tmp = f"{parent}/{name}"  # a rename stays on one filesystem
             try:
-                with self.fs.open_output_stream(tmp) as f:
-                    fill(f)
-                if self.is_local:
+                self.fs.create_dir(parent, recursive=True)
+                try:
+                    upload(tmp)
                     os.replace(tmp, final)
-                else:
-                    self.fs.move(tmp, final)  # CopyObject, then the dot-name is deleted
-            except BaseException:
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        self.fs.delete_file(tmp)
+                    raise
+            except OSError as e:
+                raise StorageError(f"{doing}: {e}") from e
+            return
+        # (S3 has no directories. pyarrow leaves an empty "dir/" marker object where it
+        # deletes the last object of a prefix: one hidden prefix per store takes it.)
+        tmp = f"{self.root}/.tmp/{name}"
+        try:
+            self._call(doing, lambda: upload(tmp))
+            self._call(doing, lambda: self.fs.copy_file(tmp, final))
+        except BaseException as e:
+            # one try, and none when the store has stopped answering (it would only add a
+            # timeout): a dot-file left behind is litter, never read
+            cause = e.__cause__ if isinstance(e, StorageError) else None
+            if not (isinstance(cause, OSError) and _transient(cause)):
                 with contextlib.suppress(OSError):
                     self.fs.delete_file(tmp)
-                raise
-        except OSError as e:
-            raise StorageError(f"cannot write {rel} in store {self.uri}: {e}") from e
+            raise
+        # written: the dot-file is only litter now, and failing to remove it fails nothing
+        with contextlib.suppress(OSError):
+            self.delete(f".tmp/{name}")
 
     def read_bytes(self, rel: str) -> bytes:
-        try:
-            with self.fs.open_input_stream(self.path(rel)) as f:
-                return f.read()
-        except FileNotFoundError as e:
-            self._check_bucket()
-            raise StorageError(f"{rel} is not in store {self.uri}") from e
-        except OSError as e:
-            raise StorageError(f"cannot read {rel} from store {self.uri}: {e}") from e
+        data = self.read_if_exists(rel)
+        if data is None:
+            raise StorageError(f"{rel} is not in store {self.uri}")
+        return data
 
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
@@ -275,10 +502,9 @@ class Store:
     def _list_files(self, rel_dir: str, suffix: str = "") -> list[pafs.FileInfo]:
         """The files directly under `rel_dir` ending in `suffix`, by name (one listing)."""
         selector = pafs.FileSelector(self.path(rel_dir), allow_not_found=True, recursive=False)
-        try:
-            infos = self.fs.get_file_info(selector)
-        except OSError as e:
-            raise StorageError(f"cannot list {rel_dir} in store {self.uri}: {e}") from e
+        infos = self._call(
+            f"cannot list {rel_dir} in store {self.uri}", lambda: self.fs.get_file_info(selector)
+        )
         if not infos:
             self._check_bucket()
         return sorted(
@@ -295,21 +521,27 @@ class Store:
     def read_if_exists(self, rel: str) -> bytes | None:
         """The bytes at `rel`, or None when there is no such file (one request)."""
         try:
-            with self.fs.open_input_stream(self.path(rel)) as f:
-                return f.read()
+            return self._call(
+                f"cannot read {rel} from store {self.uri}",
+                lambda: self._fetch(self.path(rel)),
+                missing=True,
+            )
         except FileNotFoundError:
             self._check_bucket()
             return None
-        except OSError as e:
-            raise StorageError(f"cannot read {rel} from store {self.uri}: {e}") from e
+
+    def _fetch(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
 
     def create_new(self, rel: str, data: bytes) -> bool:
         """Write `data` at `rel` only if nothing is there: True if this call created it.
 
         Local stores only: the file is written under a dot-name and hard-linked to its name,
         which fails if the name exists, so of two concurrent callers exactly one wins and a
-        reader never sees half the content. S3 through pyarrow has no conditional put (see
-        `study.sweep.lease` for what a lease does there instead).
+        reader never sees half the content. Nothing is retried (a local call has no unknown
+        outcome: the link was made, or it raised). S3 through pyarrow has no conditional
+        put (see `study.sweep.lease` for what a lease does there instead).
 
         Raises:
             StorageError: an S3 store, or the file cannot be written.
@@ -336,41 +568,53 @@ class Store:
         """Rename `rel` to `dest`; False when `rel` is not there (someone moved it first).
 
         Local: one rename (atomic; of two concurrent moves of one file, one finds it gone).
-        S3: a server-side copy, then the source is deleted.
+        S3: a server-side copy, then the source is deleted, each retried through an outage
+        (a copy made again writes the same bytes; a delete whose first try went through
+        finds nothing to delete, and the move still counts as this call's).
 
         Raises:
             StorageError: the file cannot be moved.
         """
         src, dst = self.path(rel), self.path(dest)
-        try:
-            if self.is_local:
+        doing = f"cannot move {rel} to {dest} in store {self.uri}"
+        if self.is_local:
+            try:
                 os.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
                 os.rename(src, dst)
-            else:
-                if self.fs.get_file_info(src).type == pafs.FileType.NotFound:
-                    return False
-                self.fs.move(src, dst)
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                raise StorageError(f"{doing}: {e}") from e
             return True
-        except FileNotFoundError:
+        there = self._call(doing, lambda: self.fs.get_file_info(src).type != pafs.FileType.NotFound)
+        if not there:
             return False
-        except OSError as e:
-            raise StorageError(f"cannot move {rel} to {dest} in store {self.uri}: {e}") from e
+        self._call(doing, lambda: self.fs.copy_file(src, dst))
+        with contextlib.suppress(FileNotFoundError):
+            self._call(doing, lambda: self.fs.delete_file(src), missing=True)
+        return True
 
     def delete(self, rel: str) -> None:
         """Delete the file `rel`; nothing happens if it is not there."""
-        try:
-            self.fs.delete_file(self.path(rel))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise StorageError(f"cannot delete {rel} in store {self.uri}: {e}") from e
+        path = self.path(rel)
+        with contextlib.suppress(FileNotFoundError):
+            self._call(
+                f"cannot delete {rel} in store {self.uri}",
+                lambda: self.fs.delete_file(path),
+                missing=True,
+            )
 
     def delete_dir(self, rel_dir: str) -> None:
-        try:
-            if self.exists(rel_dir):
-                self.fs.delete_dir(self.path(rel_dir))
-        except OSError as e:
-            raise StorageError(f"cannot delete {rel_dir} in store {self.uri}: {e}") from e
+        """Delete the folder `rel_dir` and everything under it; nothing happens if absent."""
+        if not self.exists(rel_dir):
+            return
+        path = self.path(rel_dir)
+        with contextlib.suppress(FileNotFoundError):  # a try that went through, then retried
+            self._call(
+                f"cannot delete {rel_dir} in store {self.uri}",
+                lambda: self.fs.delete_dir(path),
+                missing=True,
+            )
 
     def download_dir(self, rel_dir: str, dest: Path) -> None:
         """Copy a directory of the store to a local folder (for data read by memory-map).
@@ -379,15 +623,15 @@ class Store:
             StorageError: `rel_dir` is not in the store, or cannot be copied.
         """
         dest.mkdir(parents=True, exist_ok=True)
-        try:
-            pafs.copy_files(
+        self._call(
+            f"cannot download {rel_dir} from store {self.uri}",
+            lambda: pafs.copy_files(
                 self.path(rel_dir),
                 str(dest),
                 source_filesystem=self.fs,
                 destination_filesystem=pafs.LocalFileSystem(),
-            )
-        except OSError as e:
-            raise StorageError(f"cannot download {rel_dir} from store {self.uri}: {e}") from e
+            ),
+        )
 
     def upload_dir(self, src: Path, rel_dir: str, last: str | None = None) -> None:
         """Copy a local folder into the store, each file written atomically; the file named
@@ -414,13 +658,18 @@ class Store:
         """
         if not self.list_names(rel_dir, ".parquet"):
             return None
-        try:
+        doing = f"cannot read {rel_dir} from store {self.uri}"
+
+        def read() -> pa.Table:
             ds = pads.dataset(
                 self.path(rel_dir), filesystem=self.fs, format="parquet", schema=schema
             )
             return ds.to_table(columns=list(columns) if columns else None)
-        except (OSError, pa.ArrowException) as e:  # ArrowInvalid: a part that is not Parquet
-            raise StorageError(f"cannot read {rel_dir} from store {self.uri}: {e}") from e
+
+        try:
+            return self._call(doing, read)
+        except pa.ArrowException as e:  # ArrowInvalid: a part that is not Parquet
+            raise StorageError(f"{doing}: {e}") from e
 
     def scan_parts(
         self,
@@ -471,19 +720,44 @@ class Store:
     ) -> pa.Table | str:
         """One part's rows, or why it is not a readable part (a str)."""
         uid = info.base_name.removesuffix(".parquet")
-        whole = info.size is not None and info.size <= _WHOLE_PART
+        doing = f"cannot read {rel_dir}/{info.base_name} from store {self.uri}"
         try:
-            if whole:  # fetched first: every error after this is the file's own
-                with self.fs.open_input_stream(info.path) as f:
-                    source = pa.BufferReader(f.read())
-            else:
-                source = self.fs.open_input_file(info.path)
+            table = self._call(
+                doing,
+                lambda: self._read_part_once(info, key, one_row, schema, doing),
+                missing=True,
+            )
         except FileNotFoundError:
             return "removed while it was being read"
-        except OSError as e:
-            raise StorageError(
-                f"cannot read {rel_dir}/{info.base_name} from store {self.uri}: {e}"
-            ) from e
+        if isinstance(table, str):
+            return table
+        ids = set(table.column(key.name).to_pylist())
+        if ids != {uid}:
+            shown = ", ".join(repr(i) for i in sorted(ids, key=str)[:3])
+            return f"its {key.name} ({shown}) is not its file name's ({uid!r})"
+        if schema is None:
+            return table
+        try:
+            return _conform(table, schema)
+        except (pa.ArrowException, ValueError) as e:
+            return f"does not fit the table's schema ({' '.join(str(e).split())[:200]})"
+
+    def _read_part_once(
+        self,
+        info: pafs.FileInfo,
+        key: pa.Field,
+        one_row: bool,
+        schema: pa.Schema | None,
+        doing: str,
+    ) -> pa.Table | str:
+        """One try of `_read_part`'s reading: the rows, or why the file is not a part. An
+        error of the store (OSError: retried by the caller) is raised, never taken for the
+        file's."""
+        whole = info.size is not None and info.size <= _WHOLE_PART
+        if whole:  # fetched first: every error after this is the file's own
+            source = pa.BufferReader(self._fetch(info.path))
+        else:
+            source = self.fs.open_input_file(info.path)
         try:
             with source:
                 part = pq.ParquetFile(source)
@@ -497,23 +771,13 @@ class Store:
                 if (one_row and rows != 1) or rows < 1:
                     return f"{rows} rows, not {'exactly one' if one_row else 'at least one'}"
                 wanted = [key.name] if schema is None else [n for n in schema.names if n in names]
-                table = part.read(columns=wanted, use_threads=False)
+                return part.read(columns=wanted, use_threads=False)
         except (pa.ArrowException, OSError) as e:
             if not whole and not isinstance(e, pa.ArrowInvalid):
-                raise StorageError(
-                    f"cannot read {rel_dir}/{info.base_name} from store {self.uri}: {e}"
-                ) from e
+                if isinstance(e, OSError):
+                    raise  # reading from the store failed half-way
+                raise StorageError(f"{doing}: {e}") from e
             return f"not a readable Parquet file ({' '.join(str(e).split())[:200]})"
-        ids = set(table.column(key.name).to_pylist())
-        if ids != {uid}:
-            shown = ", ".join(repr(i) for i in sorted(ids, key=str)[:3])
-            return f"its {key.name} ({shown}) is not its file name's ({uid!r})"
-        if schema is None:
-            return table
-        try:
-            return _conform(table, schema)
-        except (pa.ArrowException, ValueError) as e:
-            return f"does not fit the table's schema ({' '.join(str(e).split())[:200]})"
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -17,8 +19,9 @@ import pyarrow as pa
 import pytest
 
 import study.store
-from study.errors import StorageError
-from study.store import Store, filesystem_for
+from study.errors import ConfigError, StorageError
+from study.store import RETRY_ENV, TIMEOUT_ENV, Store, filesystem_for
+from tests import _s3_process
 from tests.conftest import free_port
 
 SCHEMA = pa.schema(
@@ -347,3 +350,177 @@ def test_unreachable_endpoint_raises_storage_error_quickly(monkeypatch):
     ):
         store.write_bytes("a.bin", b"x")
     assert time.monotonic() - start < 30
+
+
+# --- S3 outages: a moto server in its own process, frozen with SIGSTOP ------------------
+@pytest.fixture(scope="module")
+def moto_process():
+    """moto in a process of its own (`tests/_s3_process.py`), one bucket; module-wide."""
+    with _s3_process.moto_process() as server:
+        server.create_bucket("outage-bucket")
+        yield server
+
+
+@pytest.fixture()
+def outage_store(moto_process, monkeypatch) -> Store:
+    """A fresh prefix on the freezable server; requests time out after 1 s (the least)."""
+    for key, value in moto_process.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv(RETRY_ENV, "30")
+    monkeypatch.setenv(TIMEOUT_ENV, "1")
+    store = Store(f"s3://outage-bucket/{uuid.uuid4().hex}")
+    store.write_bytes("before.bin", b"written before the freeze")  # the endpoint answers
+    return store
+
+
+def _in_thread(fn) -> dict:
+    """Run `fn` in a thread; the dict gets "value" or "error", and "seconds"."""
+    out: dict = {}
+
+    def run() -> None:
+        start = time.monotonic()
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # the test reads it
+            out["error"] = e
+        out["seconds"] = time.monotonic() - start
+
+    out["thread"] = threading.Thread(target=run, daemon=True)
+    out["thread"].start()
+    return out
+
+
+def test_s3_operations_during_a_freeze_complete_after_it(outage_store, moto_process, capfd):
+    store = outage_store
+    store.write_table("results/a.parquet", pa.table({"unit_id": ["a"], "auroc": [0.5]}))
+    store.write_bytes("aside/old.bin", b"to move")
+    store.write_bytes("gone.bin", b"to delete")
+    key = SCHEMA.field("unit_id")
+    freeze_s = 4.0
+    moto_process.freeze_for(freeze_s)
+    calls = {
+        "write": lambda: store.write_bytes("new/x.bin", b"written during the freeze"),
+        "read": lambda: store.read_bytes("before.bin"),
+        "exists": lambda: store.exists("before.bin"),
+        "list": lambda: store.list_names("results"),
+        "scan": lambda: sorted(store.scan_parts("results", key).ids),
+        "dataset": lambda: store.read_dataset("results", schema=SCHEMA).num_rows,
+        "move": lambda: store.move("aside/old.bin", "aside/new.bin"),
+        "delete": lambda: store.delete("gone.bin"),
+    }
+    running = {name: _in_thread(call) for name, call in calls.items()}
+    for out in running.values():
+        out["thread"].join(timeout=60)
+    results = {name: out.get("error", out.get("value")) for name, out in running.items()}
+    assert results == {
+        "write": None,
+        "read": b"written before the freeze",
+        "exists": True,
+        "list": ["a.parquet"],
+        "scan": ["a"],
+        "dataset": 1,
+        "move": True,
+        "delete": None,
+    }
+    # each was issued during the freeze and waited it out (no request answers while frozen)
+    assert min(out["seconds"] for out in running.values()) > freeze_s - 1
+    assert store.read_bytes("new/x.bin") == b"written during the freeze"
+    assert store.read_bytes("aside/new.bin") == b"to move"
+    assert not store.exists("aside/old.bin") and not store.exists("gone.bin")
+    # the atomic write left no hidden copy behind, and nothing else was written twice
+    keys = [
+        o["Key"]
+        for o in moto_process.client().list_objects_v2(
+            Bucket="outage-bucket", Prefix=store.root.split("/", 1)[1] + "/"
+        )["Contents"]
+    ]
+    assert not [k for k in keys if "/.tmp/" in k and not k.endswith("/")], keys
+    err = capfd.readouterr().err
+    assert f"the S3 store at 127.0.0.1:{moto_process.port} does not answer" in err
+    assert f"the S3 store at 127.0.0.1:{moto_process.port} answers again, " in err
+
+
+@pytest.mark.parametrize(
+    "call, doing",
+    [
+        (lambda s: s.write_bytes("a.bin", b"x"), r"cannot write a\.bin in store"),
+        (lambda s: s.read_bytes("before.bin"), r"cannot read before\.bin from store"),
+        (lambda s: s.list_names("results"), r"cannot list results in store"),
+    ],
+    ids=["write", "read", "list"],
+)
+def test_s3_freeze_longer_than_the_retry_budget_raises_naming_the_operation(
+    outage_store, moto_process, monkeypatch, call, doing
+):
+    monkeypatch.setenv(RETRY_ENV, "2")
+    store = Store(outage_store.uri)  # reads the budget when made
+    moto_process.freeze()
+    try:
+        start = time.monotonic()
+        with pytest.raises(StorageError) as info:
+            call(store)
+        took = time.monotonic() - start
+    finally:
+        moto_process.thaw()
+    message = str(info.value)
+    assert re.match(
+        rf"^{doing} {re.escape(store.uri)}: the store did not answer for \d+ s "
+        rf"\(\d+ (try|tries); {RETRY_ENV}=2\): .*(Timeout|timed out)",
+        message,
+    ), message
+    # a try takes ~3 s (pyarrow's 3 requests of 1 s); the budget ends the retrying after it
+    assert 2 <= took < 20
+    assert store.read_bytes("before.bin") == b"written before the freeze"  # and it is back
+
+
+def test_s3_endpoint_refusing_connections_is_waited_for_once_it_answered(moto_process, monkeypatch):
+    """A crashed endpoint refuses connections until it is back: one that answered before is
+    waited for (only one that never answered is taken for a mistyped one, and said at once:
+    test_unreachable_endpoint_raises_storage_error_quickly)."""
+    gate = _s3_process.Gate(moto_process.port).open()
+    try:
+        for key, value in moto_process.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", gate.endpoint)
+        monkeypatch.setenv(RETRY_ENV, "30")
+        monkeypatch.setenv(TIMEOUT_ENV, "1")
+        store = Store(f"s3://outage-bucket/{uuid.uuid4().hex}")
+        store.write_bytes("before.bin", b"answered once")
+        gate.close()
+        out = _in_thread(lambda: store.write_bytes("after.bin", b"after the restart"))
+        time.sleep(3)
+        assert out["thread"].is_alive()  # refused, and retrying
+        gate.open()
+        out["thread"].join(timeout=60)
+        assert "error" not in out, out.get("error")
+        assert store.read_bytes("after.bin") == b"after the restart"
+    finally:
+        gate.close()
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        (RETRY_ENV, "two minutes", r"STUDY_STORE_RETRY_S must be a number of seconds >= 0, got "),
+        (RETRY_ENV, "-1", r"STUDY_STORE_RETRY_S must be a number of seconds >= 0, got '-1'"),
+        (TIMEOUT_ENV, "0.5", r"STUDY_STORE_TIMEOUT_S must be a number of seconds >= 1, got"),
+        (TIMEOUT_ENV, "nan", r"STUDY_STORE_TIMEOUT_S must be a number of seconds >= 1, got"),
+    ],
+    ids=["retry-words", "retry-negative", "timeout-below-1", "timeout-nan"],
+)
+def test_retry_settings_must_be_seconds(s3_server, monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        Store("s3://lab-bucket/p")
+
+
+def test_retry_budget_zero_tries_once(outage_store, moto_process, monkeypatch):
+    monkeypatch.setenv(RETRY_ENV, "0")
+    store = Store(outage_store.uri)
+    moto_process.freeze()
+    try:
+        with pytest.raises(StorageError, match=r"\(1 try; STUDY_STORE_RETRY_S=0\)"):
+            store.exists("before.bin")
+    finally:
+        moto_process.thaw()

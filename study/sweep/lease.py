@@ -31,6 +31,13 @@ How safe acquisition is depends on the store:
   write: a `--takeover` landing between the two is overwritten, and the taker finds at its
   own next heartbeat that it lost. Either way one holder remains within a heartbeat.
 
+Store outages: a heartbeat's reads and writes retry through an outage (`Store._call`), but
+only until RENEW_MARGIN_S before the lease could expire, so a late heartbeat never lands on a
+lease another driver has taken over since. An outage shorter than that (a 30 s S3 freeze)
+costs a late heartbeat and nothing else: nobody can take the lease over meanwhile (its last
+heartbeat is younger than the TTL, and the store answers no one). A longer one loses the
+lease: the driver stops its units and exits, and `study resume` goes on.
+
 Clocks: expiry compares the holder's heartbeat time (UTC) with the reader's clock; TTL_S is
 six heartbeats, which absorbs clock skew of tens of seconds between hosts.
 """
@@ -58,6 +65,7 @@ __all__ = [
     "HEARTBEAT_S",
     "TTL_S",
     "S3_SETTLE_S",
+    "RENEW_MARGIN_S",
     "Lease",
     "LeaseError",
     "LeaseInfo",
@@ -70,6 +78,10 @@ __all__ = [
 HEARTBEAT_S = float(os.environ.get("STUDY_LEASE_HEARTBEAT_S", "15"))
 TTL_S = 90.0  # a lease not renewed for this long has expired (its driver is gone)
 S3_SETTLE_S = 2.0  # S3: wait between writing a claim and reading it back
+# A renewal stops retrying through a store outage this long before its lease could expire: a
+# store request tried before then lands within ~16 s (3 tries of STUDY_STORE_TIMEOUT_S), so a
+# heartbeat never overwrites the lease of a driver that took over an expired one.
+RENEW_MARGIN_S = 20.0
 LOCK_STALE_S = 30.0  # local: a lock this old was left by a process that died holding it
 _LOCK = ".driver.json.lock"  # a dot-name: listings never show it
 
@@ -203,7 +215,7 @@ class Lease:
 
     Attributes:
         lost: set when another driver holds the study now, or the lease could not be
-            renewed for longer than its TTL (another may have taken it over since).
+            renewed until RENEW_MARGIN_S before its TTL (another may take it over then).
         lost_reason: why, for the message.
     """
 
@@ -284,15 +296,24 @@ class Lease:
     def renew(self, state: str = "held", reason: str = "") -> bool:
         """Write a fresh heartbeat if the lease is still ours; else mark it lost.
 
+        Through a store outage the renewal keeps trying (the store's retries), but only
+        until RENEW_MARGIN_S before the lease could expire (`_renewable_s`); a lease that
+        cannot be renewed by then is lost (another driver may take it over once the store
+        answers again). A shorter outage costs nothing: the beat lands late, the lease is
+        held.
+
         Returns:
             Whether the lease is held after the call.
         """
         with self._lock:
             if self.lost.is_set() or self._released:
                 return False
+            # past that time (a heartbeat thread held up) one try is made, and no retry
+            store = self.store.until(self._renewed + self._renewable_s)
+            started = time.monotonic()  # the heartbeat written below is at least this fresh
             try:
-                with _locked(self.store):
-                    current = read_lease(self.store)
+                with _locked(store):
+                    current = read_lease(store)
                     if current is None or current.lease_id != self.lease_id:
                         self._lose(
                             f"{current.describe()} holds it now"
@@ -301,19 +322,32 @@ class Lease:
                         )
                         return False
                     info = replace(self.info, heartbeat_at=_now(), state=state, reason=reason)
-                    self.store.write_bytes(LEASE_PATH, info.to_bytes())
+                    store.write_bytes(LEASE_PATH, info.to_bytes())
             except StorageError as e:
-                silent = time.monotonic() - self._renewed
-                if silent > self.info.ttl_s:
-                    self._lose(
-                        f"it could not be renewed for {silent:.0f} s (longer than its "
-                        f"{self.info.ttl_s:g} s TTL, so another driver may have taken it "
-                        f"over): {e}"
-                    )
+                self._renew_failed(e)
                 return False
             self.info = info
-            self._renewed = time.monotonic()
+            self._renewed = started
             return True
+
+    @property
+    def _renewable_s(self) -> float:
+        """How long after its last renewal the lease may still be written (RENEW_MARGIN_S
+        before its TTL; a third of it for a short TTL)."""
+        ttl = self.info.ttl_s
+        return ttl - min(RENEW_MARGIN_S, ttl / 3)
+
+    def _renew_failed(self, error: StorageError) -> None:
+        """After a renewal failed with `error`: mark the lease lost when it has gone
+        unrenewed for so long that a later write could land after it expired (and another
+        driver took it over)."""
+        silent = time.monotonic() - self._renewed
+        if silent >= self._renewable_s:
+            self._lose(
+                f"it could not be renewed for {silent:.0f} s (close to its "
+                f"{self.info.ttl_s:g} s TTL, after which another driver may take it over): "
+                f"{error}"
+            )
 
     def mark_stopping(self, reason: str) -> None:
         """Tell the store this driver is winding down: a unit whose run fails from now on
@@ -369,11 +403,13 @@ class Lease:
             self._released = True
             if self.lost.is_set():
                 return
+            # never delete after the lease could have expired: it may be another's by then
+            store = self.store.until(self._renewed + self._renewable_s)
             try:
-                with _locked(self.store):
-                    current = read_lease(self.store)
+                with _locked(store):
+                    current = read_lease(store)
                     if current is not None and current.lease_id == self.lease_id:
-                        self.store.delete(LEASE_PATH)
+                        store.delete(LEASE_PATH)
             except StorageError as e:
                 _log(
                     f"could not release the lease of study {self.store.uri} ({e}); it "

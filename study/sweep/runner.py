@@ -584,6 +584,18 @@ def _jobs(store: Store, spec: Spec, units: list[Unit], env: dict) -> list:
     ]
 
 
+def _room_for_ddp(spec: Spec) -> bool:
+    """Whether the cluster has the free resources of one more pretraining worker group now
+    (its workers would otherwise wait for room, and fail after worker_start_timeout_s)."""
+    import ray
+
+    p = spec.pretrain
+    free = ray.available_resources()
+    if free.get("CPU", 0.0) < p.num_workers * p.cpus_per_worker:
+        return False
+    return not p.use_gpu or free.get("GPU", 0.0) >= p.num_workers
+
+
 class _Progress:
     """The driver's progress bar and log, fed by the scheduler's events; failed units'
     errors go into `errors`."""
@@ -911,6 +923,7 @@ def _run_pending(
             on_event=progress,
             should_stop=lambda: lease.lost.is_set() or lease.stopping,
             on_stop=lambda e: _stop_units(lease, _why_stopped(e, lease, signals)),
+            admit=lambda job, busy: job.kind != "pretrain" or _room_for_ddp(spec),
         ).run()
     finally:
         bar.close()

@@ -93,6 +93,11 @@ class Scheduler:
             stops the run, or None when `should_stop` did): e.g. to record that what fails
             from now on was interrupted.
         stop_timeout_s: how long a stopping run waits for its cancelled tasks to end.
+        admit: asked before a runnable job starts while another of its kind is in flight,
+            as (job, jobs of its kind in flight): False keeps it waiting (e.g. a DDP run
+            while the cluster has no room for its whole worker group, which would wait
+            for workers and time out). A job whose kind has none in flight always starts:
+            its demand is what makes an autoscaler add nodes.
     """
 
     jobs: Iterable[Job]
@@ -105,6 +110,7 @@ class Scheduler:
     wait_timeout_s: float = 5.0
     on_stop: Callable[[BaseException | None], None] | None = None
     stop_timeout_s: float = 30.0
+    admit: Callable[[Job, int], bool] | None = None
 
     def run(self) -> dict[str, Outcome]:
         """Run every job not already done; return the outcome of each job run or blocked."""
@@ -149,7 +155,10 @@ class Scheduler:
                 item = heapq.heappop(ready)
                 job = jobs[item[2]]
                 limit = self.limits.get(job.kind)
-                if limit is not None and running.get(job.kind, 0) >= limit:
+                busy = running.get(job.kind, 0)
+                if (limit is not None and busy >= limit) or (
+                    busy and self.admit is not None and not self.admit(job, busy)
+                ):
                     deferred.append(item)
                     continue
                 attempts[job.key] = attempts.get(job.key, 0) + 1

@@ -66,7 +66,9 @@ class PretrainSpec(TrainOptions):
     num_workers: int = Field(2, ge=1)  # DDP workers; one GPU each when use_gpu
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
-    max_concurrent: int = Field(1, ge=1)  # pretraining runs at once (a cluster can hold more)
+    # Pretraining runs at once, at most; beyond the first, a run starts only while the
+    # cluster has free CPUs (and GPUs) for its whole worker group.
+    max_concurrent: int = Field(4, ge=1)
     # Pretraining seeds per (architecture, upstream, task): with P > 1, fine-tuning repeat r
     # starts from pretraining seed r mod P, so the spread of the gain over repeats includes
     # the pretraining seed; 1 pretrains once (seed 0 is the same unit at any P).

@@ -123,3 +123,22 @@ def test_stopping_cancels_what_is_in_flight(sleeper):
     assert time.monotonic() - t0 < 10
     assert {o.state for o in out.values()} == {"stopped"}
     assert set(out) == {"long0", "long1", "next"}
+
+
+def test_admit_holds_a_job_back_while_others_of_its_kind_run(sleeper):
+    log = Log()
+    asked = []
+
+    def admit(job, busy):  # room for one pretraining run at a time, whatever the limit
+        asked.append((job.key, busy))
+        return False
+
+    jobs = [_job(sleeper, f"pt{i}", 0.3, kind="pretrain") for i in range(3)]
+    jobs.append(_job(sleeper, "u", 0.1))
+    out = Scheduler(jobs, window=8, limits={"pretrain": 3}, admit=admit, on_event=log).run()
+    assert all(o.state == "done" for o in out.values())
+    starts = sorted(log.at(f"pt{i}", "started") for i in range(3))
+    ends = sorted(log.at(f"pt{i}", "done") for i in range(3))
+    assert starts[1] >= ends[0] and starts[2] >= ends[1]  # one after another
+    assert asked and all(busy >= 1 for _, busy in asked)  # never asked with none running
+    assert log.at("u", "started") < ends[0]  # another kind is not held back
