@@ -124,6 +124,9 @@ def _log(msg: str) -> None:
 # --- the store side -------------------------------------------------------------------------
 def init_study(store: Store, spec: Spec) -> Plan:
     """Write spec and plan into a new study root, or check that they match an existing one."""
+    from study.sweep.search_spec import refuse_search
+
+    refuse_search(spec)  # until the search runs (issue 11)
     plan = make_plan(spec)
     if store.exists("spec.yaml"):
         stored = load_spec_from_store(store)
@@ -626,7 +629,7 @@ class _Progress:
             self.bar.update(1)
         failed = len(self.errors)
         self.bar.set_postfix_str(
-            f"{self.running['pretrain']} pretraining, {self.running['unit']} training"
+            f"{self.running['pretrain']} pretraining, {self.running['unit']} units in flight"
             + (f", {failed} failed" if failed else ""),
             refresh=False,
         )
@@ -761,9 +764,7 @@ def _shutdown_ray(lease: Lease) -> None:
     ray.shutdown()
 
 
-def _why_stopped(
-    e: BaseException | None, lease: Lease, signals: _StopSignals | None = None
-) -> str:
+def _why_stopped(e: BaseException | None, lease: Lease, signals: _StopSignals | None = None) -> str:
     if lease.lost.is_set():
         return f"lost the lease: {lease.lost_reason}"
     if e is None:
