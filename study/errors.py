@@ -5,7 +5,14 @@ Catch `StudyError` to catch everything this package raises on purpose.
 
 from __future__ import annotations
 
-__all__ = ["StudyError", "ConfigError", "DataError", "StorageError", "TrainingError"]
+__all__ = [
+    "StudyError",
+    "ConfigError",
+    "DataError",
+    "StorageError",
+    "LeaseError",
+    "TrainingError",
+]
 
 
 class StudyError(Exception):
@@ -22,6 +29,11 @@ class DataError(StudyError, ValueError):
 
 class StorageError(StudyError, OSError):
     """A store location that cannot be read or written as required."""
+
+
+class LeaseError(StorageError):
+    """The study's lease is held by another driver, or this driver lost it
+    (study.sweep.lease)."""
 
 
 class TrainingError(StudyError, RuntimeError):

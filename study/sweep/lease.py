@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from study.errors import StorageError
+from study.errors import LeaseError, StorageError
 from study.schema import LEASE_PATH
 from study.store import Store
 
@@ -84,10 +84,6 @@ S3_SETTLE_S = 2.0  # S3: wait between writing a claim and reading it back
 RENEW_MARGIN_S = 20.0
 LOCK_STALE_S = 30.0  # local: a lock this old was left by a process that died holding it
 _LOCK = ".driver.json.lock"  # a dot-name: listings never show it
-
-
-class LeaseError(StorageError):
-    """The study's lease is held by another driver, or this driver lost it."""
 
 
 def _now() -> str:

@@ -39,10 +39,10 @@ from tqdm.auto import tqdm
 from study.data import dataset_source, prepared_key
 from study.data.config import DatasetConfig
 from study.data.prepared import cache_folder, check_fingerprint, default_cache_dir, prepare_to
-from study.errors import ConfigError, DataError, StudyError
+from study.errors import ConfigError, DataError, LeaseError, StudyError
 from study.schema import RESULT_TABLES, corrupt_path, run_marker_path
 from study.store import Store
-from study.sweep.lease import Lease, LeaseError
+from study.sweep.lease import Lease
 from study.sweep.load import load_stored_spec, spec_to_yaml
 from study.sweep.plan import Plan, Unit, make_plan
 from study.sweep.resolve import upstream_config
