@@ -26,8 +26,10 @@ PROBE_TIMEOUT_S = 5.0
 def _cmd_plan(args: argparse.Namespace) -> int:
     from study.sweep.load import load_spec
     from study.sweep.plan import make_plan
+    from study.sweep.search_spec import refuse_search
 
     spec = load_spec(args.spec)
+    refuse_search(spec)  # until the search runs (issue 11)
     plan = make_plan(spec)
     counts = plan.counts()
     wants_estimate = args.estimate or args.source is not None

@@ -16,6 +16,12 @@
 <study>/driver.json                     the lease of the one driver running the study (holder's
                                         host, pid, lease id, started_at, heartbeat_at; see
                                         study.sweep.lease)
+<study>/results/search/<group_id>/<number:05d>.parquet
+                                        one row per finished trial of a hyperparameter
+                                        search group (SEARCH_SCHEMA; study.sweep.search)
+<study>/results/search/<group_id>/chosen.json
+                                        the group's chosen values (parameter -> value),
+                                        written last, when its budget is spent
 <study>/results/corrupt/<table>/<unit_id>.parquet.<UTC time>
                                         a result part that could not be read, moved aside by
                                         run/resume before its unit runs again (never deleted)
@@ -30,7 +36,10 @@ __all__ = [
     "EPOCHS_SCHEMA",
     "PRETRAIN_SCHEMA",
     "PREDICTIONS_SCHEMA",
+    "SEARCH_SCHEMA",
     "predictions_path",
+    "search_trial_path",
+    "search_choice_path",
     "trial_path",
     "epochs_path",
     "pretrain_path",
@@ -149,6 +158,25 @@ PREDICTIONS_SCHEMA = pa.schema(
     ]
 )
 
+#: One finished trial of a hyperparameter search group (issue 11): one part per trial,
+#: results/search/<group_id>/<number:05d>.parquet, holding exactly this one row.
+SEARCH_SCHEMA = pa.schema(
+    [
+        ("group_id", pa.string()),  # study.sweep.search.SearchGroup.group_id
+        ("number", pa.int32()),  # 0 .. trials-1: the trial's place in the group's budget
+        ("params", pa.string()),  # JSON {parameter: value}, the sampled values
+        ("state", pa.string()),  # "complete", "pruned" (stopped early) or "failed"
+        ("metric", pa.string()),  # the validation metric searched, e.g. val_loss
+        ("value", pa.float64()),  # the best value of it reached; null if no epoch ended
+        ("values", pa.list_(pa.float64())),  # the metric after each epoch, epoch 1 first
+        ("epochs", pa.int32()),  # epochs run
+        ("seconds", pa.float64()),
+        ("hardware", pa.string()),
+        ("code_version", pa.string()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
 
 def predictions_path(uid: str) -> str:
     return f"results/predictions/{uid}.parquet"
@@ -176,6 +204,16 @@ def weights_path(uid: str) -> str:
 
 def run_marker_path(uid: str) -> str:
     return f"runs/{uid}.json"
+
+
+def search_trial_path(group_id: str, number: int) -> str:
+    """Trial `number` of search group `group_id` (SEARCH_SCHEMA, one row)."""
+    return f"results/search/{group_id}/{number:05d}.parquet"
+
+
+def search_choice_path(group_id: str) -> str:
+    """The chosen values of search group `group_id` (JSON), written once its budget is spent."""
+    return f"results/search/{group_id}/chosen.json"
 
 
 #: The result tables whose parts mark a unit done (one row per unit, named by its id), each

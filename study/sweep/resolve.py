@@ -14,6 +14,7 @@ from study.data.config import DatasetConfig
 from study.data.sources import dataset_source, list_datasets
 from study.errors import ConfigError
 from study.models import list_models, model_info
+from study.sweep.search_spec import METRICS, STAGE_LR_PREFIX
 from study.sweep.spec import ArchitectureSpec, Spec
 from study.training.tasks import OBJECTIVES, PRETRAIN_TASKS, objective, pretrain_task
 
@@ -91,7 +92,7 @@ def check_spec(spec: Spec) -> list[Problem]:
             problems.append(("architectures", str(e)))
             continue
         problems += _check_architecture(spec, arch, caps)
-    return problems
+    return problems + _check_search(spec)
 
 
 def _check_datasets(spec: Spec) -> list[Problem]:
@@ -231,12 +232,60 @@ def _check_architecture(spec: Spec, arch: ArchitectureSpec, caps: dict) -> list[
                         f"{', '.join(caps['freeze_groups'])}",
                     )
                 )
+    for param in spec.search.space if spec.search else ():
+        stage = param.removeprefix(STAGE_LR_PREFIX)
+        if param.startswith(STAGE_LR_PREFIX) and stage not in caps["freeze_groups"]:
+            out.append(
+                (
+                    f"search.space.{param}",
+                    f"{name} has no stage {stage!r}; its freeze groups: "
+                    f"{', '.join(caps['freeze_groups'])}",
+                )
+            )
     for d in spec.finetune.freeze_depths:
         if d != "all" and d > caps["max_freeze_depth"]:
             out.append(
                 (
                     "finetune.freeze_depths",
                     f"freeze_depth must be <= {caps['max_freeze_depth']} for {name}, got {d}",
+                )
+            )
+    return out
+
+
+def _check_search(spec: Spec) -> list[Problem]:
+    """What a `search:` section means against the study: units to search for, a metric
+    every searched unit reports, something to tune in every group."""
+    search = spec.search
+    if search is None:
+        return []
+    out: list[Problem] = []
+    if search.applies_to in ("pretrain", "both"):
+        if not spec.upstream:
+            out.append(
+                ("search.applies_to", f"{search.applies_to}, but the study pretrains nothing")
+            )
+        if search.metric != "val_loss":
+            for task in spec.pretrain.tasks:
+                t = pretrain_task(task)
+                if t.objective_name is not None and not objective(t.objective_name).scored:
+                    out.append(
+                        (
+                            "search.metric",
+                            f"the {task} pretraining task reports only val_loss, not "
+                            f"{search.metric} (a search that applies to pretraining needs "
+                            f"val_loss; known metrics: {', '.join(METRICS)})",
+                        )
+                    )
+    own_arm = search.applies_to != "pretrain" and "init" in search.group_by
+    if own_arm and spec.finetune.scratch:
+        if all(p.startswith(STAGE_LR_PREFIX) for p in search.space):
+            out.append(
+                (
+                    "search.space",
+                    "every parameter is a stage_lr multiplier, which the from-scratch arm "
+                    "does not have (it trains every layer at lr): its search would tune "
+                    "nothing; add another parameter, or finetune.scratch: false",
                 )
             )
     return out

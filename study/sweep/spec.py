@@ -25,9 +25,17 @@ from pydantic import (
 )
 
 from study.data.config import DatasetConfig
+from study.sweep.search_spec import SearchSpec
 from study.training.config import TrainOptions
 
-__all__ = ["Spec", "ArchitectureSpec", "PretrainSpec", "FinetuneSpec", "ExecutionSpec"]
+__all__ = [
+    "Spec",
+    "ArchitectureSpec",
+    "PretrainSpec",
+    "FinetuneSpec",
+    "ExecutionSpec",
+    "SearchSpec",
+]
 
 
 class _Strict(BaseModel):
@@ -197,6 +205,9 @@ class Spec(_Strict):
     pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    # A hyperparameter search per group of units before they run (issue 11); None: every
+    # unit trains with the fixed options of `pretrain` / `finetune`.
+    search: SearchSpec | None = None
 
     @field_validator("architectures", mode="before")
     @classmethod
