@@ -68,6 +68,9 @@ from study.training.tasks import Objective, objective, pretrain_task
 __all__ = [
     "run_finetune_unit",
     "run_pretrain_worker",
+    "finetune_indices",
+    "finetune_model",
+    "unit_fit_config",
     "open_prepared",
     "unit_objective",
     "hardware_string",
@@ -241,9 +244,11 @@ def _class_codes(data: PreparedDataset) -> dict[str, list[str]] | None:
     return {c: sorted(table[c]) for c in data.classes if c in table}
 
 
-def _fit_config(
+def unit_fit_config(
     unit: Unit, env: dict, device: str, obj: Objective, batch_size: int | None = None
 ) -> FitConfig:
+    """What `fit` trains `unit` with: its training options (`batch_size`: a DDP worker's
+    share), seed, device and objective."""
     train = unit.config.train
     if batch_size is not None:
         train = train.model_copy(update={"batch_size": batch_size})
@@ -381,6 +386,53 @@ def _epochs_table(uid: str, history: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=EPOCHS_SCHEMA)
 
 
+def finetune_indices(unit: Unit, data: PreparedDataset) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation rows of a fine-tuning or from-scratch unit: its
+    nested training subset of (data fraction, repeat), and the validation split (its
+    patients subsampled like training under val_fraction "match"). The test split is not
+    asked for here: a search trial (study.sweep.search_run) trains through this too."""
+    c = unit.config
+    train_idx = data.train_subset(c.data_fraction, c.repeat, c.train_folds)
+    val_idx = data.split_indices("val")
+    if c.val_fraction == "match":  # the validation patients, subsampled like training
+        val_idx = nested_patient_subset(
+            val_idx,
+            data.labels,
+            data.records["patient_id"].to_numpy(),
+            c.data_fraction,
+            c.repeat,
+            data.name,
+        )
+    return train_idx, val_idx
+
+
+def finetune_model(unit: Unit, store: Store, data: PreparedDataset) -> torch.nn.Module:
+    """The classifier a fine-tuning or from-scratch unit trains: built for `data`, and for
+    the pretrained arm loaded with its pretraining unit's backbone and frozen to its depth.
+
+    Raises:
+        StorageError: the pretraining unit's weights are not in the store.
+    """
+    c = unit.config
+    info = model_info(c.architecture, **c.architecture_options)
+    options = dict(c.architecture_options)
+    if "with_decoder" in info["options"]:
+        options["with_decoder"] = False  # a classifier has no use for a pretext decoder
+    model = create_model(
+        c.architecture,
+        in_channels=data.in_channels,
+        num_classes=len(data.classes),
+        input_length=data.n_samples,
+        **options,
+    )
+    if unit.stage == "finetune":
+        weights = load_state_bytes(store.read_bytes(weights_path(c.pretrain_unit)))
+        skip = tuple(model.classifier_prefixes) + tuple(info["pretext_prefixes"])
+        load_backbone(model, weights, skip)
+        model.freeze(c.freeze_depth)
+    return model
+
+
 def run_finetune_unit(
     unit: Unit, store: Store, env: dict, report: Report = None, device: str = "cpu"
 ) -> dict | None:
@@ -408,41 +460,22 @@ def run_finetune_unit(
         seed_everything(c.seed)
         data = open_prepared(store, c.data_key)
         obj = unit_objective(unit, data.label_kind, f"{data.name} ({data.path})")
-        train_idx = data.train_subset(c.data_fraction, c.repeat, c.train_folds)
-        val_idx, test_idx = data.split_indices("val"), data.split_indices("test")
-        if c.val_fraction == "match":  # the validation patients, subsampled like training
-            val_idx = nested_patient_subset(
-                val_idx,
-                data.labels,
-                data.records["patient_id"].to_numpy(),
-                c.data_fraction,
-                c.repeat,
-                data.name,
-            )
+        train_idx, val_idx = finetune_indices(unit, data)
+        test_idx = data.split_indices("test")
         train, val, test = data.split(train_idx), data.split(val_idx), data.split(test_idx)
-        info = model_info(c.architecture, **c.architecture_options)
-        options = dict(c.architecture_options)
-        if "with_decoder" in info["options"]:
-            options["with_decoder"] = False  # a classifier has no use for a pretext decoder
-        model = create_model(
-            c.architecture,
-            in_channels=data.in_channels,
-            num_classes=len(data.classes),
-            input_length=data.n_samples,
-            **options,
-        )
-        if unit.stage == "finetune":
-            weights = load_state_bytes(store.read_bytes(weights_path(c.pretrain_unit)))
-            skip = tuple(model.classifier_prefixes) + tuple(info["pretext_prefixes"])
-            load_backbone(model, weights, skip)
-            model.freeze(c.freeze_depth)
+        model = finetune_model(unit, store, data)
 
         t0 = time.perf_counter()
         resume = _load_checkpoint(store, uid)
         facts["resumed_from_epoch"] = resume["epoch"] if resume is not None else 0
         on_epoch = _epoch_callback(store, unit, report, lease_id, facts)
         result = fit(
-            model, train, val, _fit_config(unit, env, device, obj), resume=resume, on_epoch=on_epoch
+            model,
+            train,
+            val,
+            unit_fit_config(unit, env, device, obj),
+            resume=resume,
+            on_epoch=on_epoch,
         )
         train_seconds = _train_seconds(result, resume is not None, t0)
         model.load_state_dict(result.best_state)
@@ -555,7 +588,7 @@ def run_pretrain_worker(
             trained,
             train,
             val,
-            _fit_config(unit, env, device, obj, per_worker),
+            unit_fit_config(unit, env, device, obj, per_worker),
             resume=resume,
             on_epoch=on_epoch,
         )

@@ -68,6 +68,11 @@ __all__ = [
     "apply_choice",
     "write_search_trial",
     "scan_search_trials",
+    "search_unit",
+    "search_pruner",
+    "rung_attrs",
+    "ASHA_MIN_RESOURCE",
+    "ASHA_REDUCTION_FACTOR",
 ]
 
 TrialState = Literal["complete", "pruned", "failed"]
@@ -85,6 +90,12 @@ _SECTION_KEYS = {
 # Config fields a search does not vary over (it trains at its own fraction and seed), left
 # out of a group's identity: adding repeats or data fractions keeps the stored search.
 _NOT_SEARCH_IDENTITY = ("repeat", "seed", "data_fraction", "val_fraction", "pretrain_repeat")
+#: `pruner: asha`: Optuna's SuccessiveHalvingPruner with rungs at epochs 1, 4, 16, 64 ...
+#: A trial may be stopped after its first epoch (epochs are the resource: a search trial
+#: reports once per epoch), and about a quarter go on past each rung: Optuna's and Ray
+#: Tune's ASHA default reduction factor, so a later Ray driver prunes alike.
+ASHA_MIN_RESOURCE = 1
+ASHA_REDUCTION_FACTOR = 4
 
 
 # --- distributions ----------------------------------------------------------------------
@@ -442,6 +453,7 @@ def rebuild_study(
     rows: Sequence[SearchTrial],
     spec: Spec,
     number: int | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
     """An in-memory Optuna study of `group` holding its stored trials, in number order.
 
@@ -449,6 +461,10 @@ def rebuild_study(
         rows: the group's stored trials (`scan_search_trials(...).trials`).
         number: the trial the study's sampler is seeded to propose (`group_sampler`);
             default: the lowest pending number (the budget's end when none is pending).
+        pruner: the study's pruner (`search_pruner`), for a trial that decides whether to
+            stop against the stored ones; each stored trial then also holds the rungs it
+            completed (`rung_attrs`), as a live study's trials do. None: Optuna's default,
+            and no rungs (a study that only proposes).
 
     Raises:
         ValueError: a row of another group, a number stored twice, or parameters the
@@ -471,13 +487,16 @@ def rebuild_study(
             direction=search.direction,
             sampler=group_sampler(group, spec, number),
             study_name=group.group_id,
+            pruner=pruner,
         )
     finally:
         optuna.logging.set_verbosity(verbosity)
     distributions = _group_distributions(group, search)
-    study.add_trials(
-        [_frozen_trial(r, distributions) for r in sorted(rows, key=lambda r: r.number)]
-    )
+    frozen = [_frozen_trial(r, distributions) for r in sorted(rows, key=lambda r: r.number)]
+    if isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner):
+        for trial, row in zip(frozen, sorted(rows, key=lambda r: r.number), strict=True):
+            trial.system_attrs.update(rung_attrs(row.values))
+    study.add_trials(frozen)
     return study
 
 
@@ -544,3 +563,73 @@ def apply_choice(unit_config: UnitConfig, params: Mapping[str, Any]) -> UnitConf
             f"chosen values {dict(params)} are not valid training options: {e}"
         ) from None
     return unit_config.model_copy(update={"train": options})
+
+
+# --- pruning ----------------------------------------------------------------------------
+def search_pruner(spec: Spec) -> optuna.pruners.BasePruner:
+    """The pruner of `spec`'s search: SuccessiveHalvingPruner (ASHA_MIN_RESOURCE,
+    ASHA_REDUCTION_FACTOR) for `asha`, NopPruner for `none`."""
+    if _search(spec).pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=ASHA_MIN_RESOURCE, reduction_factor=ASHA_REDUCTION_FACTOR
+        )
+    return optuna.pruners.NopPruner()
+
+
+def rung_attrs(values: Sequence[float]) -> dict[str, float]:
+    """The rungs a trial reporting `values` (epoch 1 first) completed, as the system
+    attributes SuccessiveHalvingPruner records on a live trial ("completed_rung_<r>": the
+    value at rung r's epoch).
+
+    The pruner records rung r when a trial reports at its epoch (min_resource *
+    reduction_factor ** r) a value that is not NaN, then stops the trial unless it is
+    promoted; a trial that went on past rung r was promoted there. So every rung up to its
+    last epoch, until the first NaN, is recorded: for complete, pruned and failed trials
+    alike (the pruner compares a rung's value with every trial's, whatever its state).
+    """
+    out: dict[str, float] = {}
+    rung = 0
+    while (epoch := ASHA_MIN_RESOURCE * ASHA_REDUCTION_FACTOR**rung) <= len(values):
+        value = values[epoch - 1]
+        if math.isnan(value):
+            break
+        out[f"completed_rung_{rung}"] = value
+        rung += 1
+    return out
+
+
+def search_unit(
+    spec: Spec, plan: Plan, group: SearchGroup, params: Mapping[str, Any] | None = None
+) -> Unit:
+    """The unit a trial of fine-tuning group `group` trains: the group's first waiting unit
+    of repeat 0 (plan order), at the search's data fraction (repeat 0's nested subset, seed
+    and validation rule) and trained with `params` (`apply_choice`).
+
+    Where group_by leaves an axis out (e.g. freeze_depth), the group's units differ on it
+    and the first one in plan order represents them.
+
+    Raises:
+        ConfigError: a pretraining group (its trials are not built yet), or `params` that are
+            not valid training options.
+    """
+    search = _search(spec)
+    if group.section != "finetune":
+        raise ConfigError(
+            f"search group {group.group_id} tunes pretraining units: running its trials is "
+            "not built yet (issue 11); use applies_to: finetune"
+        )
+    ids = set(group.unit_ids)
+    first = next(u for u in plan.units if u.unit_id in ids and u.config.repeat == 0)
+    match = spec.finetune.val_fraction == "match" and search.fraction < 1.0
+    config = first.config.model_copy(
+        update={
+            "data_fraction": search.fraction,
+            "repeat": 0,
+            "seed": spec.seed,  # repeat 0's (study.sweep.plan.make_plan)
+            "val_fraction": "match" if match else None,
+        }
+    )
+    config = UnitConfig.model_validate(config.model_dump())
+    if params:
+        config = apply_choice(config, params)
+    return Unit.of(config, depends_on=config.pretrain_unit)
