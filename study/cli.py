@@ -26,17 +26,18 @@ PROBE_TIMEOUT_S = 5.0
 def _cmd_plan(args: argparse.Namespace) -> int:
     from study.sweep.load import load_spec
     from study.sweep.plan import make_plan
-    from study.sweep.search_spec import refuse_search
 
     spec = load_spec(args.spec)
-    refuse_search(spec)  # until the search runs (issue 11)
     plan = make_plan(spec)
     counts = plan.counts()
+    groups = _search_groups(spec, plan)
     wants_estimate = args.estimate or args.source is not None
     estimate = _plan_estimate(args, spec, plan) if wants_estimate else None
     if args.json:
         if estimate is not None:
             counts["estimate"] = estimate.to_dict()
+        if groups is not None:
+            counts["search"] = groups
         print(json.dumps(counts, indent=2))
         return 1 if wants_estimate and estimate is None else 0
     print(f"study {spec.name}: {counts['total']} units")
@@ -63,9 +64,53 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     n_fit = counts["total"] - n_pre
     print(f"  cost: {n_fit} fine-tuning / from-scratch runs of up to {spec.finetune.epochs} epochs")
     print(f"total {counts['total']}")
+    if groups is not None:
+        print("\n".join(_search_lines(spec, groups)))
     if estimate is not None:
         print("\n".join(_estimate_lines(estimate)))
     return 1 if wants_estimate and estimate is None else 0
+
+
+def _search_groups(spec, plan) -> list[dict] | None:
+    """The spec's search groups as plain data (None without a `search:` section)."""
+    if spec.search is None:
+        return None
+    from study.sweep.search import search_groups
+
+    return [
+        {
+            "group_id": g.group_id,
+            "section": g.section,
+            "key": {k: v for k, v in g.key},
+            "arm": g.arm,
+            "trials": spec.search.trials,
+            "params": list(g.params),
+            "waiting_units": len(g.unit_ids),
+        }
+        for g in search_groups(spec, plan)
+    ]
+
+
+def _search_lines(spec, groups: list[dict]) -> list[str]:
+    """`study plan`'s search block: each group, its budget and the units waiting on it."""
+    s = spec.search
+    out = [
+        f"search: {len(groups)} groups x {s.trials} trials ({len(groups) * s.trials} trials), "
+        f"{s.sampler} sampler, pruner {s.pruner}, on {s.metric} (validation), "
+        f"at data fraction {s.fraction}"
+    ]
+    for g in groups:
+        key = ", ".join(f"{k}: {v}" for k, v in g["key"].items())
+        out.append(
+            f"  {g['group_id']}  {key}  tunes {', '.join(g['params'])}; "
+            f"{g['waiting_units']} units wait for its values"
+        )
+    out.append(
+        "  the units above are listed with the fixed options; each group's chosen values "
+        "will enter its units' configs (and ids). Running a study with `search:` is not built "
+        "yet (issue 11): `study run` refuses it."
+    )
+    return out
 
 
 def _estimate_lines(est) -> list[str]:

@@ -74,8 +74,8 @@ _RANGE_KINDS = ("loguniform", "uniform", "int")
 
 _SEARCH_NOT_BUILT = (
     "the spec has a `search:` section: it is validated, but running the search is not built "
-    "yet (issue 11), so a study with it can be neither planned nor run. Remove the section "
-    "to plan and run the study with the fixed training options."
+    "yet (issue 11), so a study with it cannot be run (`study plan` shows its search "
+    "groups). Remove the section to run the study with the fixed training options."
 )
 
 

@@ -6,6 +6,7 @@ place in the units' ids, and the refusal to plan or run a search before it is bu
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import optuna
@@ -481,7 +482,7 @@ def test_the_chosen_values_enter_the_units_configs_and_ids():
         apply_choice(unit.config, {"batch_size": 0})
 
 
-# --- not built yet: plan and run refuse ----------------------------------------------------------
+# --- not built yet: run refuses, plan shows ---------------------------------------------------
 def test_run_refuses_a_search_before_writing_anything(tmp_path):
     store = Store(str(tmp_path / "study"))
     with pytest.raises(ConfigError, match=r"running the search is not built yet \(issue 11\)"):
@@ -489,11 +490,22 @@ def test_run_refuses_a_search_before_writing_anything(tmp_path):
     assert not store.exists("spec.yaml") and not store.exists("plan.parquet")
 
 
-def test_plan_refuses_a_search_with_one_line(tmp_path, capsys):
+def test_plan_shows_the_search_groups_their_budget_and_waiting_units(tmp_path, capsys):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(GOOD))
-    assert main(["plan", str(path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: study s:") and "issue 11" in err and "\n" not in err
-    path.write_text(yaml.safe_dump({k: v for k, v in GOOD.items() if k != "search"}))
+    spec = parse_spec(GOOD)
+    groups = search_groups(spec, make_plan(spec))
     assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"search: {len(groups)} groups x {spec.search.trials} trials" in out
+    for g in groups:
+        assert f"{g.group_id}  " in out
+        assert f"{len(g.unit_ids)} units wait for its values" in out
+    assert "`study run` refuses it" in out
+    assert main(["plan", str(path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["search"]
+    assert [g["group_id"] for g in shown] == [g.group_id for g in groups]
+    assert [g["waiting_units"] for g in shown] == [len(g.unit_ids) for g in groups]
+    path.write_text(yaml.safe_dump({k: v for k, v in GOOD.items() if k != "search"}))
+    assert main(["plan", str(path), "--json"]) == 0
+    assert "search" not in json.loads(capsys.readouterr().out)
