@@ -30,6 +30,7 @@ from analysis.figures import (
 from analysis.load import load_epochs, load_trials
 from analysis.page import PageFigure, PageTable, Section, write_page
 from analysis.report import ReportTables, metric_label, report_tables, write_tables
+from analysis.search import load_search, search_section
 from analysis.uncertainty import bootstrap_table, supported_metrics
 from study.errors import DataError, StorageError
 from study.schema import run_marker_path
@@ -72,7 +73,8 @@ def report_study(
     """Write the report of the study at `uri` into `out_dir`: every file of
     analysis.report.write_report for each metric the trials have, ``bootstrap.csv`` (the
     paired bootstrap and DeLong tests of the primary metric from the stored predictions),
-    the figures, and ``index.html``.
+    the figures, and ``index.html``; when the study has results/search, the hyperparameter
+    searches too (analysis.search: a history figure per group and a section of the page).
 
     Args:
         uri: the study (a local folder or s3://bucket/prefix).
@@ -116,11 +118,19 @@ def report_study(
     for group in figures.values():
         for figure in group:
             written[Path(figure.path).name] = Path(figure.path)
+    search = None
+    searches = load_search(store)
+    if searches:  # results/search exists: the hyperparameter searches (issue 11)
+        say(f"report: hyperparameter search ({len(searches)} groups)")
+        search, search_files = search_section(searches, out, seed=seed)
+        written.update((p.name, p) for p in search_files)
     page = write_page(
         out,
         title=f"Study {_study_name(store, trials)}: fine-tuned vs. from scratch",
         provenance=_provenance(store, trials),
-        sections=_sections(tables, trials, figures, bootstrap, _spec_text(store), n_boot, problem),
+        sections=_sections(
+            tables, trials, figures, bootstrap, _spec_text(store), n_boot, problem, search
+        ),
     )
     written[page.name] = page
     return written
@@ -329,6 +339,7 @@ def _sections(
     spec: str | None,
     n_boot: int,
     problem: str | None = None,
+    search: Section | None = None,
 ) -> list[Section]:
     primary = tables.primary
     label = metric_label(primary)
@@ -447,6 +458,8 @@ def _sections(
             tables=(_table(f"Test {label}, mean over repeats", summary, _SUMMARY_FORMATS),),
         )
     )
+    if search is not None:
+        sections.append(search)
     if spec:
         sections.append(
             Section(

@@ -407,6 +407,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     state = inspect_study(args.study)
     print(state.table.to_string())
+    if state.search is not None:
+        print("\n".join(_search_status_lines(state.search)))
     lease, shown = state.lease, args.show_failures
     if lease is None:
         print("driver: none (no driver holds the study)")
@@ -433,6 +435,48 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if state.markers("failed")[:shown]:
         print(f"(each failed unit's whole error and traceback: {args.study}/runs/UNIT_ID.json)")
     return 0
+
+
+def _search_status_lines(groups: list) -> list[str]:
+    """`study status`'s search block: per group its trials by state of the budget, the best
+    so far and whether its values are chosen, the unreadable trial parts, then a total."""
+    out = []
+    for g in groups:
+        key = ", ".join(f"{k}: {v}" for k, v in g.key.items())
+        if g.section == "pretrain":
+            key += " (pretraining)"
+        elif g.arm is None:
+            key += " (both arms)"
+        counts = f"{g.complete} complete, {g.pruned} pruned, {g.failed} failed"
+        if g.corrupt:
+            counts += f", {len(g.corrupt)} corrupt"
+        if g.best_number is None:
+            best = "no complete trial yet"
+            if g.finished >= g.budget:
+                best = "no trial completed: nothing to choose"
+        else:
+            params = ", ".join(f"{k}={_param(v)}" for k, v in sorted(g.best_params.items()))
+            best = f"best {g.metric} {g.best_value:.4g} (trial {g.best_number}: {params})"
+        chosen = "; chosen" if g.chosen else ""
+        out.append(
+            f"  {g.group_id}  {key}  {g.finished}/{g.budget} trials ({counts}); {best}{chosen}"
+        )
+        for rel, why in sorted(g.corrupt.items()):
+            out.append(f"  corrupt {rel}: {why} (not counted as a trial)")
+    done = sum(g.chosen for g in groups)
+    finished, budget = sum(g.finished for g in groups), sum(g.budget for g in groups)
+    metric = f"{groups[0].metric} ({groups[0].direction})" if groups else "its metric"
+    return [
+        f"search: {len(groups)} groups, on {metric}",
+        *out,
+        f"search total: {done} of {len(groups)} groups chosen, {finished} of {budget} trials "
+        "finished",
+    ]
+
+
+def _param(value) -> str:
+    """A sampled value on a status line: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 _ERROR_CHARS = 300  # of an error shown on a status line (the marker keeps all of it)

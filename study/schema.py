@@ -20,8 +20,10 @@
                                         one row per finished trial of a hyperparameter
                                         search group (SEARCH_SCHEMA; study.sweep.search)
 <study>/results/search/<group_id>/chosen.json
-                                        the group's chosen values (parameter -> value),
-                                        written last, when its budget is spent
+                                        the group's chosen values: {group_id, metric,
+                                        params (parameter -> value), key (the group's
+                                        [axis, value] pairs), arm}, written last, when its
+                                        budget is spent
 <study>/results/corrupt/<table>/<unit_id>.parquet.<UTC time>
                                         a result part that could not be read, moved aside by
                                         run/resume before its unit runs again (never deleted)

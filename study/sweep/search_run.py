@@ -215,7 +215,14 @@ def run_search_group(
     chosen = choose(rows, spec.search.metric)
     store.write_json(
         choice,
-        {"group_id": group.group_id, "metric": spec.search.metric, "params": chosen},
+        {
+            "group_id": group.group_id,
+            "metric": spec.search.metric,
+            "params": chosen,
+            # what the report compares between arms (analysis reads no plan)
+            "key": [list(kv) for kv in group.key],
+            "arm": group.arm,
+        },
     )
     log(f"search {group.group_id}: chose {chosen}")
     return chosen

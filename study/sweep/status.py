@@ -6,24 +6,39 @@ while the lease the marker was written under is live (study.sweep.lease), else i
 interrupted; unreadable result parts are corrupt. The ETA is the work left, predicted from
 the durations of the study's finished units (study.sweep.estimate), over the number of
 units running now.
+
+A study whose spec has a `search:` section also gets each search group's progress
+(`SearchProgress`): its stored trials by state against the budget, the best so far, and
+whether its values are chosen; one scan of the group's folder (study.sweep.search).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 
 from study.errors import StudyError
-from study.schema import run_marker_path
+from study.schema import run_marker_path, search_choice_path, search_trial_path
+from study.store import Store
 from study.sweep.estimate import LEVELS, DurationModel, measurements, scan_durations
 from study.sweep.lease import LeaseInfo, read_lease
-from study.sweep.plan import STAGES, Unit
+from study.sweep.plan import STAGES, Plan, Unit
 from study.sweep.runner import done_ids, load_study
+from study.sweep.spec import Spec
 
-__all__ = ["STATES", "Eta", "StudyState", "inspect_study", "study_status", "failures"]
+__all__ = [
+    "STATES",
+    "Eta",
+    "SearchProgress",
+    "StudyState",
+    "inspect_study",
+    "study_status",
+    "failures",
+]
 
 #: The columns of the status table, in order.
 STATES = ("done", "running", "interrupted", "failed", "corrupt", "pending")
@@ -63,6 +78,49 @@ class Eta:
         return self.work_left_s / self.running
 
 
+@dataclass(frozen=True)
+class SearchProgress:
+    """One search group's progress, from its stored trials (study.sweep.search).
+
+    Attributes:
+        group_id: the group's id (SearchGroup.group_id).
+        section: "finetune" or "pretrain".
+        key: the group's key values (axis -> value).
+        arm: "pretrained" or "scratch"; None when both arms share the search, and for
+            pretraining groups.
+        budget: the search's trials per group.
+        complete, pruned, failed: readable stored trials in each state.
+        metric: the validation metric searched; direction: "minimize" or "maximize".
+        best_number, best_value, best_params: the best complete trial so far on `metric`
+            (its number, value and sampled values; of equals the lowest number, as
+            `study.sweep.search.choose` picks); None while no trial completed.
+        chosen: the group's chosen.json exists (its values are final).
+        corrupt: unreadable trial parts ("results/search/<group_id>/<file>" -> why), not
+            counted as trials.
+    """
+
+    group_id: str
+    section: str
+    key: dict[str, Any]
+    arm: str | None
+    budget: int
+    complete: int
+    pruned: int
+    failed: int
+    metric: str
+    direction: str
+    best_number: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] | None = None
+    chosen: bool = False
+    corrupt: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> int:
+        """Trials that spent budget (complete, pruned and failed), at most the budget."""
+        return min(self.complete + self.pruned + self.failed, self.budget)
+
+
 @dataclass
 class StudyState:
     """What the store says about a study (the `study status` command prints it).
@@ -77,6 +135,8 @@ class StudyState:
         lease: the driver lease in the store (None: no driver holds the study).
         eta: the work left and the ETA (see Eta).
         checked_at: when the store was read (UTC).
+        search: each search group's progress, in plan order (None: the spec has no
+            `search:` section).
     """
 
     table: pd.DataFrame
@@ -85,6 +145,7 @@ class StudyState:
     lease: LeaseInfo | None
     eta: Eta | None = None
     checked_at: datetime | None = None
+    search: list[SearchProgress] | None = None
 
     def markers(self, state: str) -> list[dict]:
         """The units in `state`, with their marker's host, node, times, epoch and error."""
@@ -110,8 +171,8 @@ def _unit_state(marker: dict | None, live: LeaseInfo | None) -> str:
 def inspect_study(uri: str) -> StudyState:
     """Every planned unit's state, from the store alone: the result parts (read, not only
     listed: an unreadable one is "corrupt"; their durations feed the ETA), the run markers
-    and the driver lease."""
-    store, _, plan = load_study(uri)
+    and the driver lease; with a `search:` section, each search group's stored trials."""
+    store, spec, plan = load_study(uri)
     scan, rows_read = scan_durations(store)
     live = lease = read_lease(store)
     if live is not None and not live.live():
@@ -170,7 +231,49 @@ def inspect_study(uri: str) -> StudyState:
     )
     table.loc["total"] = table.sum()
     eta = _eta(plan.units, rows, DurationModel(measurements(rows_read, plan)))
-    return StudyState(table, units, scan.corrupt, lease, eta, datetime.now(UTC))
+    search = _search_progress(store, spec, plan) if spec.search is not None else None
+    return StudyState(table, units, scan.corrupt, lease, eta, datetime.now(UTC), search)
+
+
+def _search_progress(store: Store, spec: Spec, plan: Plan) -> list[SearchProgress]:
+    """Each search group's progress: one scan of its folder (its trial parts read, the
+    unreadable ones named) and one existence check of its chosen.json, groups in
+    parallel (an S3 store answers each request in tens of milliseconds)."""
+    # Imported here: the search brings Optuna, which a study without one does not need.
+    from study.sweep.search import SearchGroup, scan_search_trials, search_groups
+
+    search = spec.search
+    groups = search_groups(spec, plan)
+
+    def one(group: SearchGroup) -> SearchProgress:
+        scan = scan_search_trials(store, group.group_id)
+        folder = search_trial_path(group.group_id, 0).rsplit("/", 1)[0]
+        states = [t.state for t in scan.trials]
+        complete = [t for t in scan.trials if t.state == "complete" and t.metric == search.metric]
+        best = None
+        if complete:  # study.sweep.search.choose's rule, keeping the trial, not only its values
+            sign = 1.0 if search.direction == "minimize" else -1.0
+            best = min(complete, key=lambda t: (sign * t.value, t.number))
+        return SearchProgress(
+            group_id=group.group_id,
+            section=group.section,
+            key=group.key_values,
+            arm=group.arm,
+            budget=search.trials,
+            complete=states.count("complete"),
+            pruned=states.count("pruned"),
+            failed=states.count("failed"),
+            metric=search.metric,
+            direction=search.direction,
+            best_number=None if best is None else best.number,
+            best_value=None if best is None else best.value,
+            best_params=None if best is None else dict(best.params),
+            chosen=store.exists(search_choice_path(group.group_id)),
+            corrupt={f"{folder}/{name}": why for name, why in scan.corrupt.items()},
+        )
+
+    with ThreadPoolExecutor(max(1, min(16, len(groups)))) as pool:
+        return list(pool.map(one, groups))
 
 
 def _eta(planned: list[Unit], rows: list[dict], model: DurationModel) -> Eta:

@@ -220,6 +220,8 @@ def test_the_search_finds_the_learning_rate_region_that_learns(tmp_path, cache_d
         "group_id": group.group_id,
         "metric": "val_loss",
         "params": chosen,
+        "key": [list(kv) for kv in group.key],
+        "arm": group.arm,
     }
 
 
