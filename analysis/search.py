@@ -25,13 +25,12 @@ import optuna
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 from matplotlib.ticker import MaxNLocator
 
 from analysis.figures import _STYLE, PALETTE, _new_figure, save_figure
 from analysis.page import PageFigure, PageTable, Section
 from study.errors import StorageError
-from study.schema import SEARCH_SCHEMA, search_choice_path, search_trial_path
+from study.schema import SEARCH_SCHEMA, read_search_part, search_choice_path, search_trial_path
 from study.store import Store
 
 __all__ = [
@@ -112,13 +111,7 @@ def _group_ids(store: Store) -> list[str]:
 def _read_row(data: bytes, group_id: str, name: str) -> dict[str, Any]:
     """The one row of a trial part, params decoded; ValueError/ArrowException if it is not
     one."""
-    table = pq.read_table(pa.BufferReader(data))
-    missing = [f.name for f in SEARCH_SCHEMA if f.name not in table.column_names]
-    if missing:
-        raise ValueError(f"no column {', '.join(missing)}")
-    if table.num_rows != 1:
-        raise ValueError(f"{table.num_rows} rows, not exactly one")
-    row = table.select(SEARCH_SCHEMA.names).cast(SEARCH_SCHEMA).to_pylist()[0]
+    row = read_search_part(data)
     if (
         row["group_id"] != group_id
         or row["number"] is None

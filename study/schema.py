@@ -32,8 +32,10 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 __all__ = [
+    "read_search_part",
     "TRIALS_SCHEMA",
     "EPOCHS_SCHEMA",
     "PRETRAIN_SCHEMA",
@@ -229,3 +231,19 @@ LEASE_PATH = "driver.json"
 def corrupt_path(table: str, file_name: str, stamp: str) -> str:
     """Where an unreadable part of results/<table> is moved aside (`stamp`: UTC time)."""
     return f"results/corrupt/{table}/{file_name}.{stamp}"
+
+
+def read_search_part(data: bytes) -> dict:
+    """The one row of a search trial part (results/search/<group_id>/<number>.parquet),
+    conformed to SEARCH_SCHEMA (params still JSON text).
+
+    Raises:
+        ValueError or pyarrow.ArrowException: the bytes are not such a part.
+    """
+    table = pq.read_table(pa.BufferReader(data))
+    missing = [f.name for f in SEARCH_SCHEMA if f.name not in table.column_names]
+    if missing:
+        raise ValueError(f"no column {', '.join(missing)}")
+    if table.num_rows != 1:
+        raise ValueError(f"{table.num_rows} rows, not exactly one")
+    return table.select(SEARCH_SCHEMA.names).cast(SEARCH_SCHEMA).to_pylist()[0]

@@ -33,11 +33,10 @@ from typing import Any, Literal
 
 import optuna
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from study.errors import ConfigError, TrainingError
-from study.schema import SEARCH_SCHEMA, search_trial_path
+from study.schema import SEARCH_SCHEMA, read_search_part, search_trial_path
 from study.store import Store
 from study.sweep.plan import Plan, Unit, UnitConfig
 from study.sweep.search_spec import (
@@ -366,14 +365,7 @@ def scan_search_trials(store: Store, group_id: str) -> SearchScan:
         if data is None:  # removed since the listing
             continue
         try:
-            table = pq.read_table(pa.BufferReader(data))
-            missing = [f.name for f in SEARCH_SCHEMA if f.name not in table.column_names]
-            if missing:
-                raise ValueError(f"no column {', '.join(missing)}")
-            if table.num_rows != 1:
-                raise ValueError(f"{table.num_rows} rows, not exactly one")
-            table = table.select(SEARCH_SCHEMA.names).cast(SEARCH_SCHEMA)
-            trial = SearchTrial.from_row(table.to_pylist()[0])
+            trial = SearchTrial.from_row(read_search_part(data))
         except (pa.ArrowException, ValueError, TypeError) as e:
             corrupt[name] = " ".join(str(e).split())[:200]
             continue
