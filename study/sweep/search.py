@@ -63,6 +63,8 @@ __all__ = [
     "suggest",
     "pending_numbers",
     "remaining_budget",
+    "best_trial",
+    "best_trial",
     "choose",
     "apply_choice",
     "write_search_trial",
@@ -508,9 +510,18 @@ def suggest(
 
 
 # --- the choice -------------------------------------------------------------------------
+def best_trial(rows: Iterable[SearchTrial], metric: str) -> SearchTrial | None:
+    """The best complete trial on `metric` (in its direction); of equally good ones, the
+    lowest trial number; None when no trial of `metric` completed."""
+    complete = [r for r in rows if r.state == "complete" and r.metric == metric]
+    if not complete:
+        return None
+    sign = 1.0 if METRICS[metric] == "minimize" else -1.0
+    return min(complete, key=lambda r: (sign * r.value, r.number))
+
+
 def choose(rows: Iterable[SearchTrial], metric: str) -> dict[str, Any]:
-    """The values of the best complete trial on `metric` (in its direction); of equally good
-    ones, the lowest trial number.
+    """The values of the best complete trial on `metric` (`best_trial`).
 
     Raises:
         ValueError: a row searched another metric.
@@ -520,13 +531,11 @@ def choose(rows: Iterable[SearchTrial], metric: str) -> dict[str, Any]:
     other = sorted({r.metric for r in rows} - {metric})
     if other:
         raise ValueError(f"choosing on {metric}, but rows searched {', '.join(other)}")
-    complete = [r for r in rows if r.state == "complete"]
-    if not complete:
+    best = best_trial(rows, metric)
+    if best is None:
         raise TrainingError(
             f"no search trial completed ({len(rows)} pruned or failed): nothing to choose"
         )
-    sign = 1.0 if METRICS[metric] == "minimize" else -1.0
-    best = min(complete, key=lambda r: (sign * r.value, r.number))
     return dict(best.params)
 
 

@@ -240,7 +240,7 @@ def _search_progress(store: Store, spec: Spec, plan: Plan) -> list[SearchProgres
     unreadable ones named) and one existence check of its chosen.json, groups in
     parallel (an S3 store answers each request in tens of milliseconds)."""
     # Imported here: the search brings Optuna, which a study without one does not need.
-    from study.sweep.search import SearchGroup, scan_search_trials, search_groups
+    from study.sweep.search import SearchGroup, best_trial, scan_search_trials, search_groups
 
     search = spec.search
     groups = search_groups(spec, plan)
@@ -249,11 +249,7 @@ def _search_progress(store: Store, spec: Spec, plan: Plan) -> list[SearchProgres
         scan = scan_search_trials(store, group.group_id)
         folder = search_trial_path(group.group_id, 0).rsplit("/", 1)[0]
         states = [t.state for t in scan.trials]
-        complete = [t for t in scan.trials if t.state == "complete" and t.metric == search.metric]
-        best = None
-        if complete:  # study.sweep.search.choose's rule, keeping the trial, not only its values
-            sign = 1.0 if search.direction == "minimize" else -1.0
-            best = min(complete, key=lambda t: (sign * t.value, t.number))
+        best = best_trial(scan.trials, search.metric)  # what the choice will take
         return SearchProgress(
             group_id=group.group_id,
             section=group.section,
