@@ -129,6 +129,9 @@ def test_study_rides_out_a_30_s_s3_freeze_without_resume(s3_env, tmp_path):
         "OMP_NUM_THREADS": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
         "PYTHONUNBUFFERED": "1",
+        # the driver itself meets the freeze (its heartbeat): with units as Ray tasks its
+        # own store requests are otherwise few, and a 15 s beat may fall outside 30 s
+        "STUDY_LEASE_HEARTBEAT_S": "2",
     }
     for key in ("RAY_ADDRESS", "AWS_ENDPOINT_URL_S3", RETRY_ENV, TIMEOUT_ENV):
         env.pop(key, None)  # the defaults: 120 s of retrying, 5 s per request
