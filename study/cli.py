@@ -106,10 +106,14 @@ def _search_lines(spec, groups: list[dict]) -> list[str]:
             f"{g['waiting_units']} units wait for its values"
         )
     out.append(
-        "  the units above are listed with the fixed options; each group's chosen values "
-        "will enter its units' configs (and ids). Running a study with `search:` is not built "
-        "yet (issue 11): `study run` refuses it."
+        "  the units above are listed with the fixed options; `study run` runs each group's "
+        "trials first, and its chosen values enter its units' configs (and ids)."
     )
+    if s.applies_to != "finetune":
+        out.append(
+            f"  applies_to {s.applies_to}: searching the pretraining runs is not built yet "
+            "(issue 11): `study run` refuses it."
+        )
     return out
 
 

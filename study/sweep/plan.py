@@ -172,6 +172,14 @@ class Unit:
 class Plan:
     units: list[Unit]
     excluded: list[str] = field(default_factory=list)  # why some combinations are absent
+    # unit id -> the id the spec alone plans for it, for units whose searched training
+    # options were replaced by a search group's chosen values (study.sweep.search)
+    base_ids: dict[str, str] = field(default_factory=dict)
+
+    def base_id(self, uid: str) -> str:
+        """The id the spec alone plans for unit `uid` (its own id unless a search chose
+        its training options)."""
+        return self.base_ids.get(uid, uid)
 
     def by_stage(self, stage: str) -> list[Unit]:
         return [u for u in self.units if u.stage == stage]
@@ -188,6 +196,7 @@ class Plan:
             [
                 {
                     "unit_id": u.unit_id,
+                    "base_unit_id": self.base_id(u.unit_id),
                     "stage": u.stage,
                     **u.axes,
                     "depends_on": u.depends_on,

@@ -16,7 +16,13 @@ from __future__ import annotations
 from study.store import Store
 from study.sweep.plan import Unit
 
-__all__ = ["run_unit", "run_pretraining", "pretrain_loop", "keep_credentials_out_of_tune"]
+__all__ = [
+    "run_unit",
+    "run_search_trial",
+    "run_pretraining",
+    "pretrain_loop",
+    "keep_credentials_out_of_tune",
+]
 
 
 def run_unit(unit: Unit, store_uri: str, env: dict, threads: float, use_gpu: bool) -> str:
@@ -30,6 +36,29 @@ def run_unit(unit: Unit, store_uri: str, env: dict, threads: float, use_gpu: boo
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     run_finetune_unit(unit, Store(store_uri), env, device=device)
     return unit.unit_id
+
+
+def run_search_trial(
+    store_uri: str,
+    spec,
+    group,
+    unit: Unit,
+    number: int,
+    params: dict,
+    env: dict,
+    threads: float,
+    use_gpu: bool,
+) -> dict:
+    """Trial `number` of search group `group` (study.sweep.search_run.run_search_trial), to
+    its row. Returns what the row says: number, state, value, epochs."""
+    import torch
+
+    from study.sweep.search_run import run_search_trial as run_trial
+
+    torch.set_num_threads(max(1, int(threads)))
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    row = run_trial(Store(store_uri), spec, group, unit, number, params, env, device=device)
+    return {"number": row.number, "state": row.state, "value": row.value, "epochs": row.epochs}
 
 
 def pretrain_loop(config: dict) -> None:

@@ -126,8 +126,8 @@ def init_study(store: Store, spec: Spec) -> Plan:
     """Write spec and plan into a new study root, or check that they match an existing one."""
     from study.sweep.search_spec import refuse_search
 
-    refuse_search(spec)  # until the search runs (issue 11)
-    plan = make_plan(spec)
+    refuse_search(spec)  # a search of the pretraining runs is not built yet (issue 11)
+    plan = study_plan(store, spec)
     if store.exists("spec.yaml"):
         stored = load_spec_from_store(store)
         if stored.digest() != spec.digest():
@@ -143,9 +143,23 @@ def init_study(store: Store, spec: Spec) -> Plan:
     return plan
 
 
+def study_plan(store: Store, spec: Spec, base: Plan | None = None) -> Plan:
+    """The plan a driver runs: the spec's own (`make_plan`), with the chosen values of each
+    search group whose choice is in the store (study.sweep.search.plan_with_choices): a
+    function of the spec and the stored choices."""
+    base = base or make_plan(spec)
+    if spec.search is None:
+        return base
+    # Imported here: the search brings Optuna, which a study without one does not need.
+    from study.sweep.search import plan_with_choices, stored_choices
+
+    return plan_with_choices(spec, base, stored_choices(store, spec, base))
+
+
 def write_plan(store: Store, plan: Plan) -> None:
-    """plan.parquet: every unit with its axes and config, and (in the file's metadata) the
-    code version that planned them and when."""
+    """plan.parquet: every unit with its axes and config (and the id the spec alone plans
+    for it, which differs once a search chose its training options), and (in the file's
+    metadata) the code version that planned them and when."""
     table = pa.Table.from_pandas(plan.table(), preserve_index=False)
     meta = {
         b"code_version": code_version().encode(),
@@ -160,13 +174,18 @@ def check_stored_plan(store: Store, plan: Plan) -> None:
     """Raise ConfigError when the study's stored plan holds other unit ids than this code
     plans from its spec: resuming would re-run the moved units and orphan their rows.
 
-    A study without plan.parquet (deleted) is not checked here; `init_study` rewrites it.
+    Units are compared by the id the spec alone plans for them (`Plan.base_id`): a search
+    group's choice changes its units' ids (the chosen values are in their configs), not
+    what the spec plans. A study without plan.parquet (deleted) is not checked here;
+    `init_study` rewrites it.
     """
     if not store.exists("plan.parquet"):
         return
     plan_bytes = io.BytesIO(store.read_bytes("plan.parquet"))
-    stored = pq.read_table(plan_bytes, columns=["unit_id"], use_threads=False)
-    old, new = set(stored.column("unit_id").to_pylist()), {u.unit_id for u in plan.units}
+    stored = pq.read_table(plan_bytes, use_threads=False)
+    column = "base_unit_id" if "base_unit_id" in stored.column_names else "unit_id"
+    old = set(stored.column(column).to_pylist())
+    new = {plan.base_id(u.unit_id) for u in plan.units}
     if old == new:
         return
     meta = stored.schema.metadata or {}
@@ -196,7 +215,8 @@ def load_spec_from_store(store: Store) -> Spec:
 
 
 def load_study(uri: str, *, check_plan: bool = True) -> tuple[Store, Spec, Plan]:
-    """The study at `uri`: its store, spec and plan (checked against the stored plan).
+    """The study at `uri`: its store, spec and plan (with the stored search choices:
+    `study_plan`), checked against the stored plan.
 
     A deleted plan.parquet is written again from the stored spec, as `init_study` does.
 
@@ -212,7 +232,7 @@ def load_study(uri: str, *, check_plan: bool = True) -> tuple[Store, Spec, Plan]
     store = Store(uri)
     store.check_bucket()
     spec = load_spec_from_store(store)
-    plan = make_plan(spec)
+    plan = study_plan(store, spec)
     if not store.exists("plan.parquet"):
         _log(f"{store.uri}/plan.parquet is missing: writing it again from its spec.yaml")
         write_plan(store, plan)
@@ -606,7 +626,7 @@ class _Progress:
     def __init__(self, bar, errors: dict[str, str]) -> None:
         self.bar = bar
         self.errors = errors
-        self.running = {"pretrain": 0, "unit": 0}
+        self.running = {"pretrain": 0, "search": 0, "unit": 0}
         self.blocked: dict[str, list[str]] = {}  # failed unit -> units waiting on it
 
     def __call__(self, job, outcome) -> None:
@@ -615,22 +635,24 @@ class _Progress:
             self.running[job.kind] += 1
         elif state in ("done", "failed", "retrying", "stopped"):
             self.running[job.kind] -= 1
+        what = "search trial" if job.kind == "search" else "unit"
         if state == "retrying":
             _log(
-                f"unit {job.key} (attempt {outcome.attempts}) failed, trying again: "
+                f"{what} {job.key} (attempt {outcome.attempts}) failed, trying again: "
                 f"{_short_error(outcome.error or '')}"
             )
         elif state == "failed":
             self.errors[job.key] = _short_error(outcome.error or "its task failed")
-            _log(f"unit {job.key} failed: {self.errors[job.key]}")
+            _log(f"{what} {job.key} failed: {self.errors[job.key]}")
         elif state == "blocked":
             self.blocked.setdefault(job.depends_on or "?", []).append(job.key)
         if state in ("done", "failed", "blocked"):
             self.bar.update(1)
         failed = len(self.errors)
+        trials = f"{self.running['search']} search trials, " if self.running["search"] else ""
         self.bar.set_postfix_str(
-            f"{self.running['pretrain']} pretraining, {self.running['unit']} units in flight"
-            + (f", {failed} failed" if failed else ""),
+            f"{self.running['pretrain']} pretraining, {trials}"
+            f"{self.running['unit']} units in flight" + (f", {failed} failed" if failed else ""),
             refresh=False,
         )
 
@@ -841,16 +863,39 @@ def _execute(
     os.environ.setdefault(
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(spec.execution.worker_start_timeout_s)
     )
+    stage = None
+    if spec.search is not None:  # its groups' choices so far (and any left unwritten)
+        from study.sweep.search_stage import SearchStage
+
+        stage = SearchStage(
+            store,
+            spec,
+            make_plan(spec),
+            env,
+            unit_jobs=lambda units: _jobs(store, spec, units, env),
+            expected_seconds=expected_seconds,
+            on_choice=lambda chosen: write_plan(store, chosen),
+        )
+        plan = stage.plan
+        sync_stored_plan(store, plan)
+    waiting = stage.waiting if stage is not None else set()
     scan = scan_results(store)
     if scan.corrupt:
         quarantine_corrupt(store, scan.corrupt)
     done = {u.unit_id for u in plan.units if u.unit_id in scan.done}
-    pending = [u for u in plan.units if u.unit_id not in done]
+    pending = [u for u in plan.units if u.unit_id not in done and u.unit_id not in waiting]
+    trials = stage.pending_trials if stage is not None else 0
     _log(
         f"study {spec.name} at {store.uri}: {len(plan.units)} units planned, "
         f"{len(done)} already done, {len(pending)} to run"
+        + (
+            f", {len(waiting)} waiting for {len(stage.waiting_groups())} search groups "
+            f"({trials} trials to run)"
+            if waiting
+            else ""
+        )
     )
-    if not pending:
+    if not pending and not trials:
         return _outcome(store, plan, done)
     errors: dict[str, str] = {}  # unit id -> the error its task ended with
 
@@ -858,7 +903,8 @@ def _execute(
         if lease.lost.is_set():  # its units' markers are now the new holder's business
             return
         try:
-            close_markers(store, pending, errors, lease)
+            ran = pending + (stage.added if stage is not None else [])
+            close_markers(store, ran, errors, lease)
         except StudyError as e:  # e.g. the store is unreachable: never hide the cause
             _log(
                 f"could not settle the run markers ({e}); `study status` still tells "
@@ -866,7 +912,9 @@ def _execute(
             )
 
     try:
-        _run_pending(store, spec, pending, done, address, lease, signals, env, errors)
+        _run_pending(
+            store, spec, pending, done, address, lease, signals, env, errors, stage, len(waiting)
+        )
     except BaseException as e:
         _stop_units(lease, _why_stopped(e, lease, signals))
         if isinstance(e, KeyboardInterrupt | SystemExit) or lease.lost.is_set():
@@ -878,7 +926,21 @@ def _execute(
     finally:
         settle()
     lease.check()
+    if stage is not None:
+        plan = stage.plan
     return _outcome(store, plan, done_ids(store, plan.units))
+
+
+def sync_stored_plan(store: Store, plan: Plan) -> None:
+    """Rewrite plan.parquet when its unit ids are not `plan`'s (a search group's choice
+    landed after it was written: the driver that wrote the choice was stopped before it
+    wrote the plan)."""
+    if store.exists("plan.parquet"):
+        data = io.BytesIO(store.read_bytes("plan.parquet"))
+        stored = pq.read_table(data, columns=["unit_id"], use_threads=False)
+        if set(stored.column("unit_id").to_pylist()) == {u.unit_id for u in plan.units}:
+            return
+    write_plan(store, plan)
 
 
 def _run_pending(
@@ -891,20 +953,38 @@ def _run_pending(
     signals: _StopSignals | None,
     env: dict,
     errors: dict[str, str],
+    stage=None,
+    waiting: int = 0,
 ) -> None:
     """Prepare the data, then run the pending units on Ray as their dependencies land
     (study.sweep.scheduler): from-scratch units at once, a pretraining unit's fine-tuning
-    units as soon as its row is in the store."""
+    units as soon as its row is in the store. With a search (`stage`, a
+    study.sweep.search_stage.SearchStage), its trials run too, and each group's `waiting`
+    units are added once the group has chosen."""
+    import ray
+
+    from study.sweep import remote
     from study.sweep.scheduler import Scheduler
 
-    prepare_datasets(store, spec, pending)
+    prepare_datasets(store, spec, make_plan(spec).units if stage is not None else pending)
     lease.check()
     ensure_ray(address)
     if signals is not None:
         signals.install()  # ray.init replaced the SIGTERM handler
+    jobs = _jobs(store, spec, pending, env)
+    trials = 0
+    if stage is not None:
+        f = spec.finetune
+        trial_task = ray.remote(remote.run_search_trial).options(
+            num_cpus=f.cpus_per_trial, num_gpus=f.gpus_per_trial, max_retries=0
+        )
+        resources = {"threads": f.cpus_per_trial, "use_gpu": f.gpus_per_trial > 0}
+        search_jobs = stage.jobs(trial_task, resources)
+        trials = len(search_jobs)
+        jobs += search_jobs
     bar = tqdm(
-        total=len(pending),
-        desc="units",
+        total=len(pending) + waiting + trials,
+        desc="units" if not trials else "units and search trials",
         unit="unit",
         mininterval=2,
         file=sys.stderr,
@@ -916,7 +996,7 @@ def _run_pending(
         limits["unit"] = spec.finetune.max_concurrent
     try:
         Scheduler(
-            _jobs(store, spec, pending, env),
+            jobs,
             limits=limits,
             window=spec.execution.max_in_flight,
             done=done,
@@ -929,6 +1009,12 @@ def _run_pending(
     finally:
         bar.close()
     progress.summary()
+    if stage is not None and stage.failed:
+        _log(
+            f"{len(stage.failed)} search groups chose nothing (no trial completed): their "
+            f"units did not run ({', '.join(sorted(stage.failed))}); widen the search space "
+            "or raise the budget in a new study"
+        )
     lease.check()
 
 

@@ -13,6 +13,9 @@ with `ray.wait`, never polling with sleeps:
 - a job that fails is retried up to `max_retries` times (a lost node, a preempted spot
   instance: the unit resumes from its last checkpoint in the store); then it is failed, and
   every job depending on it, directly or not, is blocked (never started);
+- a job may add jobs when it is done (`Job.then`, called on the driver with its task's
+  value): e.g. a search group's last trial writes the chosen values and returns the units
+  that train with them;
 - `should_stop` is asked between waits (e.g. a lost lease): no new job starts, `on_stop`
   is called, the jobs in flight are cancelled (their processes killed), and the run returns
   what it knows once their tasks have ended (`stop_timeout_s` at most). An exception in the
@@ -47,6 +50,10 @@ class Job:
         depends_on: the key that must be done first, or None.
         expected_seconds: what the job is expected to take (orders the runnable jobs).
         kind: the slot pool it runs in (e.g. "pretrain" or "unit"), each with its own limit.
+        then: called on the driver with the task's value once the job is done; returns
+            jobs to add to the run (keys not yet known to it; their dependencies may be
+            done, in flight or pending). An exception from it fails the job (no retry: its
+            task did its part) and blocks what depends on it.
     """
 
     key: str
@@ -54,6 +61,7 @@ class Job:
     depends_on: str | None = None
     expected_seconds: float = 1.0
     kind: str = "unit"
+    then: Callable[[Any], Iterable[Job]] | None = None
 
 
 @dataclass
@@ -116,25 +124,35 @@ class Scheduler:
         """Run every job not already done; return the outcome of each job run or blocked."""
         import ray
 
-        jobs = {j.key: j for j in self.jobs}
         if self.window < 1 or any(v < 1 for v in self.limits.values()):
             raise ValueError(f"window and limits must be >= 1, got {self.window}, {self.limits}")
+        jobs: dict[str, Job] = {}
         done = set(self.done)
         outcomes: dict[str, Outcome] = {}
         dependents: dict[str, list[str]] = {}
         ready: list[tuple[float, int, str]] = []  # (-expected seconds, order, key)
-        order = {key: i for i, key in enumerate(jobs)}
-        for key, job in jobs.items():
+        order: dict[str, int] = {}
+
+        def add(job: Job, at_start: bool) -> None:
+            key = job.key
+            if key in jobs:
+                raise ValueError(f"job {key} is added twice")
+            jobs[key] = job
+            order[key] = len(order)
             if key in done:
-                continue
-            if job.depends_on is None or job.depends_on in done:
+                return
+            dep = job.depends_on
+            if dep is None or dep in done:
                 heapq.heappush(ready, (-job.expected_seconds, order[key], key))
-            elif job.depends_on in jobs:
-                dependents.setdefault(job.depends_on, []).append(key)
+            elif dep in outcomes and outcomes[dep].state in ("failed", "blocked"):
+                outcomes[key] = Outcome("blocked", error=f"it depends on {dep}, which failed")
+                emit(job, outcomes[key])
+            elif dep in jobs or at_start:  # at the start: a job listed later
+                dependents.setdefault(dep, []).append(key)
             else:
-                outcomes[key] = Outcome(
-                    "blocked", error=f"{job.depends_on} is neither planned nor done"
-                )
+                outcomes[key] = Outcome("blocked", error=f"{dep} is neither planned nor done")
+                emit(job, outcomes[key])
+
         in_flight: dict[Any, _Flight] = {}
         running: dict[str, int] = {}
         attempts: dict[str, int] = {}
@@ -149,6 +167,12 @@ class Scheduler:
                 outcomes[child] = Outcome("blocked", error=why)
                 emit(jobs[child], outcomes[child])
                 block(child, why)
+
+        for job in self.jobs:
+            add(job, at_start=True)
+        for dep in [d for d in dependents if d not in jobs]:
+            for key in dependents.pop(dep):
+                outcomes[key] = Outcome("blocked", error=f"{dep} is neither planned nor done")
 
         def fill() -> None:
             while ready and len(in_flight) < self.window:
@@ -194,7 +218,7 @@ class Scheduler:
                 running[job.kind] -= 1
                 seconds = time.monotonic() - flight.started
                 try:
-                    ray.get(ref)
+                    value = ray.get(ref)
                 except Exception as e:  # a task error, a lost worker or node, a cancellation
                     error = f"{type(e).__name__}: {e}"[-2000:]
                     if attempts[job.key] <= self.max_retries:
@@ -205,12 +229,22 @@ class Scheduler:
                         emit(job, outcomes[job.key])
                         block(job.key, f"it depends on {job.key}, which failed")
                     continue
+                try:
+                    added = list(job.then(value)) if job.then is not None else []
+                except Exception as e:  # what the job's end decides failed (e.g. a choice)
+                    error = f"{type(e).__name__}: {e}"[-2000:]
+                    outcomes[job.key] = Outcome("failed", attempts[job.key], error, seconds)
+                    emit(job, outcomes[job.key])
+                    block(job.key, f"it depends on {job.key}, which failed")
+                    continue
                 done.add(job.key)
                 outcomes[job.key] = Outcome("done", attempts[job.key], None, seconds)
                 emit(job, outcomes[job.key])
                 for child in dependents.pop(job.key, []):
                     c = jobs[child]
                     heapq.heappush(ready, (-c.expected_seconds, order[child], child))
+                for new_job in added:
+                    add(new_job, at_start=False)
 
         try:
             fill()

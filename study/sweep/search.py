@@ -16,9 +16,12 @@ exactly what an uninterrupted one would have asked:
   per-epoch values (its value the last of them, as `Study.tell` records it), a failed one
   with no value.
 
-This module holds the pure parts (no Ray); the scheduler that runs the trials and freezes
-the chosen values into the ablation units is issue 11's next step. The `search:` section's
-schema is study.sweep.search_spec (re-exported here).
+A group's chosen values (chosen.json, written last, once every trial of its budget has a
+row) enter its units' training options, and so their ids (`plan_with_choices`): the plan
+a driver runs is a function of the spec and the stored choices. This module holds the pure
+parts (no Ray); study.sweep.search_stage runs the trials on the cluster and adds the
+chosen units to the run. The `search:` section's schema is study.sweep.search_spec
+(re-exported here).
 """
 
 from __future__ import annotations
@@ -35,8 +38,13 @@ import optuna
 import pyarrow as pa
 from pydantic import ValidationError
 
-from study.errors import ConfigError, TrainingError
-from study.schema import SEARCH_SCHEMA, read_search_part, search_trial_path
+from study.errors import ConfigError, StorageError, TrainingError
+from study.schema import (
+    SEARCH_SCHEMA,
+    read_search_part,
+    search_choice_path,
+    search_trial_path,
+)
 from study.store import Store
 from study.sweep.plan import Plan, Unit, UnitConfig
 from study.sweep.search_spec import (
@@ -64,9 +72,12 @@ __all__ = [
     "pending_numbers",
     "remaining_budget",
     "best_trial",
-    "best_trial",
     "choose",
     "apply_choice",
+    "read_choice",
+    "write_choice",
+    "plan_with_choices",
+    "stored_choices",
     "write_search_trial",
     "scan_search_trials",
     "search_unit",
@@ -564,6 +575,100 @@ def apply_choice(unit_config: UnitConfig, params: Mapping[str, Any]) -> UnitConf
             f"chosen values {dict(params)} are not valid training options: {e}"
         ) from None
     return unit_config.model_copy(update={"train": options})
+
+
+def read_choice(store: Store, group: SearchGroup) -> dict[str, Any] | None:
+    """`group`'s chosen values from its chosen.json; None while there is none, or when the
+    one there is not this group's choice (another group id, other parameters, not JSON):
+    the driver then chooses again from the stored trials (`write_choice`), which gives the
+    same values.
+
+    Raises:
+        StorageError: the store cannot be read.
+    """
+    data = store.read_if_exists(search_choice_path(group.group_id))
+    if data is None:
+        return None
+    try:
+        doc = json.loads(data)
+        params = doc["params"]
+        if doc["group_id"] != group.group_id or sorted(params) != list(group.params):
+            return None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return dict(params)
+
+
+def write_choice(
+    store: Store, spec: Spec, group: SearchGroup, rows: Sequence[SearchTrial]
+) -> dict[str, Any]:
+    """Choose `group`'s values from its stored trials (`choose`) and write chosen.json
+    (atomically; its group's units then train with them). Returns the chosen values.
+
+    Raises:
+        StorageError: trials of the budget have no readable row.
+        TrainingError: no trial completed.
+    """
+    search = _search(spec)
+    pending = pending_numbers(group, rows, spec)
+    if pending:
+        raise StorageError(
+            f"search group {group.group_id}: trials {pending} have no readable row; "
+            "run the study again to run them"
+        )
+    chosen = choose(rows, search.metric)
+    store.write_json(
+        search_choice_path(group.group_id),
+        {
+            "group_id": group.group_id,
+            "metric": search.metric,
+            "params": chosen,
+            # what the report compares between arms (analysis reads no plan)
+            "key": [list(kv) for kv in group.key],
+            "arm": group.arm,
+        },
+    )
+    return chosen
+
+
+def plan_with_choices(spec: Spec, plan: Plan, choices: Mapping[str, Mapping[str, Any]]) -> Plan:
+    """`plan` (the spec's own, `make_plan(spec)`) with each unit of a group in `choices`
+    trained with the group's chosen values: a new config, so a new id (`Plan.base_ids`
+    keeps the spec's id of each). Units of groups without a choice keep the spec's fixed
+    training options and id: they wait for their search, and never run with those.
+
+    Args:
+        choices: group id -> chosen values (`read_choice`).
+    """
+    if spec.search is None or not choices:
+        return plan
+    by_unit = {}
+    for group in search_groups(spec, plan):
+        if group.group_id in choices:
+            for uid in group.unit_ids:
+                by_unit[uid] = choices[group.group_id]
+    units, base = [], dict(plan.base_ids)
+    for unit in plan.units:
+        params = by_unit.get(unit.unit_id)
+        if params is None:
+            units.append(unit)
+            continue
+        chosen = Unit.of(apply_choice(unit.config, params), depends_on=unit.depends_on)
+        base[chosen.unit_id] = plan.base_id(unit.unit_id)
+        units.append(chosen)
+    return Plan(units, list(plan.excluded), base)
+
+
+def stored_choices(store: Store, spec: Spec, plan: Plan) -> dict[str, dict[str, Any]]:
+    """The chosen values of each of `spec`'s search groups that has a valid chosen.json."""
+    if spec.search is None:
+        return {}
+    out = {}
+    for group in search_groups(spec, plan):
+        params = read_choice(store, group)
+        if params is not None:
+            out[group.group_id] = params
+    return out
 
 
 # --- pruning ----------------------------------------------------------------------------

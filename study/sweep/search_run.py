@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from study.errors import StorageError
-from study.schema import search_choice_path, search_trial_path, weights_path
+from study.schema import search_trial_path, weights_path
 from study.store import Store
 from study.sweep.execute import (
     finetune_indices,
@@ -32,17 +32,19 @@ from study.sweep.execute import (
     unit_fit_config,
     unit_objective,
 )
-from study.sweep.plan import Plan
+from study.sweep.plan import Plan, Unit
 from study.sweep.search import (
     SearchGroup,
     SearchTrial,
-    choose,
+    apply_choice,
     pending_numbers,
+    read_choice,
     rebuild_study,
     scan_search_trials,
     search_pruner,
     search_unit,
     suggest,
+    write_choice,
     write_search_trial,
 )
 from study.sweep.search_spec import METRICS
@@ -66,8 +68,8 @@ def _best(values: list[float], metric: str) -> float | None:
 def run_search_trial(
     store: Store,
     spec: Spec,
-    plan: Plan,
     group: SearchGroup,
+    unit: Unit,
     number: int,
     params: Mapping[str, Any],
     env: dict,
@@ -81,7 +83,7 @@ def run_search_trial(
     group's trials stored when it started. The test split is never asked for.
 
     Args:
-        plan: the plan of `spec` before any chosen values are applied.
+        unit: the group's representative unit (`search_unit(spec, plan, group)`).
         params: the sampled values (`suggest`).
         env: run facts (code_version; loader_workers).
         device: "cpu" or "cuda".
@@ -99,7 +101,7 @@ def run_search_trial(
             read (not the sampled values' fault: no row is written, the trial runs again).
     """
     search = spec.search
-    unit = search_unit(spec, plan, group, params)
+    unit = Unit.of(apply_choice(unit.config, params), depends_on=unit.depends_on)
     stored = scan_search_trials(store, group.group_id).trials
     done = next((r for r in stored if r.number == number), None)
     if done is not None:  # a trial with a row is never run again
@@ -190,9 +192,9 @@ def run_search_group(
             pretraining unit first), or the store cannot be read or written.
         TrainingError: every trial failed or was pruned (nothing to choose).
     """
-    choice = search_choice_path(group.group_id)
-    if store.exists(choice):
-        return dict(store.read_json(choice)["params"])
+    chosen = read_choice(store, group)
+    if chosen is not None:
+        return chosen
     unit = search_unit(spec, plan, group)
     if unit.depends_on and not store.exists(weights_path(unit.depends_on)):
         # checked once here: otherwise each trial would fail alike, spending the budget
@@ -203,26 +205,10 @@ def run_search_group(
     rows = scan_search_trials(store, group.group_id).trials
     for number in pending_numbers(group, rows, spec):
         params = suggest(group, rows, spec, number)
-        row = run_search_trial(store, spec, plan, group, number, params, env, device)
+        row = run_search_trial(store, spec, group, unit, number, params, env, device)
         best = "" if row.value is None else f", {row.metric} {row.value:.4g}"
         log(f"search {group.group_id} trial {number}: {row.state} after {row.epochs} epochs{best}")
         rows = scan_search_trials(store, group.group_id).trials
-    if pending_numbers(group, rows, spec):  # e.g. a row written meanwhile cannot be read
-        raise StorageError(
-            f"search group {group.group_id}: trials {pending_numbers(group, rows, spec)} "
-            "have no readable row after running; run the search again"
-        )
-    chosen = choose(rows, spec.search.metric)
-    store.write_json(
-        choice,
-        {
-            "group_id": group.group_id,
-            "metric": spec.search.metric,
-            "params": chosen,
-            # what the report compares between arms (analysis reads no plan)
-            "key": [list(kv) for kv in group.key],
-            "arm": group.arm,
-        },
-    )
+    chosen = write_choice(store, spec, group, rows)
     log(f"search {group.group_id}: chose {chosen}")
     return chosen

@@ -72,21 +72,22 @@ _NOT_SEARCHED = {
 _KINDS = ("loguniform", "uniform", "int", "choice")
 _RANGE_KINDS = ("loguniform", "uniform", "int")
 
-_SEARCH_NOT_BUILT = (
-    "the spec has a `search:` section: it is validated, but running the search is not built "
-    "yet (issue 11), so a study with it cannot be run (`study plan` shows its search "
-    "groups). Remove the section to run the study with the fixed training options."
-)
-
 
 def refuse_search(spec: Any) -> None:
-    """Refuse a spec with a `search:` section while the search cannot run (issue 11).
+    """Refuse a spec whose search tunes the pretraining runs: running those searches is not
+    built yet (issue 11); a search of the fine-tuning and from-scratch units runs.
 
     Raises:
-        ConfigError: `spec.search` is set.
+        ConfigError: `spec.search.applies_to` is pretrain or both.
     """
-    if getattr(spec, "search", None) is not None:
-        raise ConfigError(f"study {spec.name}: {_SEARCH_NOT_BUILT}")
+    search = getattr(spec, "search", None)
+    if search is not None and search.applies_to != "finetune":
+        raise ConfigError(
+            f"study {spec.name}: search.applies_to is {search.applies_to!r}, but searching "
+            "the pretraining runs' options is not built yet (issue 11), so the study cannot "
+            "be run (`study plan` shows its search groups). Use applies_to: finetune to tune "
+            "the fine-tuning and from-scratch units, with the pretraining options fixed."
+        )
 
 
 class _Section(BaseModel):

@@ -37,6 +37,31 @@ def smoke_spec(**finetune):
     return parse_spec(data)
 
 
+def search_smoke(epochs: int = 3, trials: int = 6, pruner: str = "none", **search) -> dict:
+    """SMOKE with a learning-rate search (random sampler, seed 0) over a range whose low
+    end cannot learn in `epochs`, one freeze depth and fraction, deterministic kernels (the
+    same spec gives the same values, not only the same proposals)."""
+    data = copy.deepcopy(SMOKE)
+    data["finetune"].update(
+        data_fractions=[1.0],
+        freeze_depths=[0],
+        epochs=epochs,
+        batch_size=8,
+        patience=10,
+        deterministic=True,
+    )
+    data["pretrain"].update(num_workers=1, epochs=1)
+    data["search"] = {
+        "space": {"lr": {"loguniform": [1.0e-7, 1.0e-1]}},
+        "trials": trials,
+        "sampler": "random",
+        "pruner": pruner,
+        "seed": 0,
+        **search,
+    }
+    return data
+
+
 def trials(store: Store) -> pd.DataFrame:
     table = store.read_dataset("results/trials", schema=TRIALS_SCHEMA)
     return table.to_pandas() if table is not None else pd.DataFrame(columns=TRIALS_SCHEMA.names)

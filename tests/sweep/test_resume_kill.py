@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,62 +16,6 @@ from study.store import Store
 from tests.sweep._smoke import SMOKE, assert_complete, smoke_spec, trials
 
 FINETUNE = {"data_fractions": [0.5, 1.0], "repeats": 3, "epochs": 3}
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    """A Ray head on loopback that outlives the drivers the test starts and kills."""
-    from tests.conftest import free_port
-
-    port = free_port()
-    # A loopback-only test cluster: its drivers connect without the token handshake
-    # (restored when the module's tests are done).
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    # --block: the head lives as long as this process, and stopping it stops only its own
-    # Ray processes (`ray stop` would stop every Ray on the machine).
-    head = subprocess.Popen(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--num-cpus",
-            "2",
-            "--include-dashboard",
-            "false",
-            "--disable-usage-stats",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if head.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the test's Ray head did not start") from None
-                time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
-    finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        if saved is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved
 
 
 def _study_cmd(*args: str) -> list[str]:

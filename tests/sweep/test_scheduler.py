@@ -142,3 +142,40 @@ def test_admit_holds_a_job_back_while_others_of_its_kind_run(sleeper):
     assert starts[1] >= ends[0] and starts[2] >= ends[1]  # one after another
     assert asked and all(busy >= 1 for _, busy in asked)  # never asked with none running
     assert log.at("u", "started") < ends[0]  # another kind is not held back
+
+
+def test_a_done_job_adds_jobs_that_run_with_their_dependencies(sleeper):
+    """`then` gets the task's value on the driver; the jobs it returns run, waiting for a
+    dependency still in flight (a search group's units wait for its pretraining unit)."""
+    log, seen = Log(), []
+
+    def then(value):
+        seen.append(value)
+        return [
+            _job(sleeper, "after-pt", 0.01, depends_on="pt"),  # pt is still running
+            _job(sleeper, "after-done", 0.01, depends_on="trial"),
+            _job(sleeper, "free", 0.01),
+        ]
+
+    trial = Job("trial", submit=lambda: sleeper.remote(0.05), then=then)
+    jobs = [_job(sleeper, "pt", 1.0, expected=0.5), trial]
+    out = Scheduler(jobs, window=4, on_event=log).run()
+    assert seen == [0.05]
+    assert {k: o.state for k, o in out.items()} == {
+        k: "done" for k in ("pt", "trial", "after-pt", "after-done", "free")
+    }
+    assert log.at("after-pt", "started") >= log.at("pt", "done")
+
+
+def test_a_failing_then_fails_its_job_and_blocks_its_dependents(sleeper):
+    def then(value):
+        raise RuntimeError("nothing to choose")
+
+    jobs = [
+        Job("last-trial", submit=lambda: sleeper.remote(0.01), then=then),
+        _job(sleeper, "waits", 0.01, depends_on="last-trial"),
+    ]
+    out = Scheduler(jobs, max_retries=3).run()
+    assert out["last-trial"].state == "failed" and out["last-trial"].attempts == 1
+    assert "nothing to choose" in out["last-trial"].error
+    assert out["waits"].state == "blocked"

@@ -483,11 +483,37 @@ def test_the_chosen_values_enter_the_units_configs_and_ids():
 
 
 # --- not built yet: run refuses, plan shows ---------------------------------------------------
-def test_run_refuses_a_search_before_writing_anything(tmp_path):
+@pytest.mark.parametrize("applies_to", ["pretrain", "both"])
+def test_run_refuses_a_search_of_pretraining_before_writing_anything(tmp_path, applies_to):
     store = Store(str(tmp_path / "study"))
-    with pytest.raises(ConfigError, match=r"running the search is not built yet \(issue 11\)"):
-        init_study(store, parse_spec(GOOD))
+    spec = parse_spec(_with("search.applies_to", applies_to))
+    with pytest.raises(ConfigError, match=r"pretraining runs' options is not built yet"):
+        init_study(store, spec)
     assert not store.exists("spec.yaml") and not store.exists("plan.parquet")
+
+
+def test_a_finetune_search_is_planned_with_the_spec_ids_until_a_group_chooses(tmp_path):
+    """plan.parquet lists the spec's own ids while no group has chosen; a choice changes its
+    group's unit ids (the chosen values are in their configs), and the stored plan is
+    checked by the spec's ids, so a resumed study accepts it."""
+    store = Store(str(tmp_path / "study"))
+    spec = parse_spec(GOOD)
+    base = make_plan(spec)
+    assert {u.unit_id for u in init_study(store, spec).units} == {u.unit_id for u in base.units}
+    group = search_groups(spec, base)[0]
+    values = {"lr": 0.003, "batch_size": 32, "stage_lr.stages.0": 0.5}
+    chosen = {p: values[p] for p in group.params}
+    choice = {"group_id": group.group_id, "metric": "val_loss", "params": chosen}
+    store.write_json(search_choice_path(group.group_id), choice)
+    plan = init_study(store, spec)  # the stored plan still has the spec's ids: accepted
+    moved = {u.unit_id for u in plan.units} - {u.unit_id for u in base.units}
+    assert len(moved) == len(group.unit_ids)
+    for uid in moved:
+        assert plan.get(uid).config.train.lr == 0.003
+        assert plan.base_id(uid) in group.unit_ids
+    # another group's choice file, or one with other parameters, is not a choice
+    store.write_json(search_choice_path(group.group_id), {**choice, "params": {"lr": 0.1}})
+    assert {u.unit_id for u in init_study(store, spec).units} == {u.unit_id for u in base.units}
 
 
 def test_plan_shows_the_search_groups_their_budget_and_waiting_units(tmp_path, capsys):
@@ -501,7 +527,7 @@ def test_plan_shows_the_search_groups_their_budget_and_waiting_units(tmp_path, c
     for g in groups:
         assert f"{g.group_id}  " in out
         assert f"{len(g.unit_ids)} units wait for its values" in out
-    assert "`study run` refuses it" in out
+    assert "`study run` runs each group's trials first" in out
     assert main(["plan", str(path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)["search"]
     assert [g["group_id"] for g in shown] == [g.group_id for g in groups]

@@ -31,32 +31,13 @@ from study.sweep.search import (
     search_unit,
 )
 from study.sweep.search_run import run_search_group, search_error_path
-from tests.sweep._smoke import SMOKE
+from tests.sweep._smoke import SMOKE, search_smoke
 
 LR = {"lr": {"loguniform": [1.0e-7, 1.0e-1]}}
 
 
 def _spec(epochs: int = 3, trials: int = 6, pruner: str = "none", **search):
-    data = copy.deepcopy(SMOKE)
-    # deterministic kernels: the same spec gives the same values, not only the same params
-    data["finetune"].update(
-        data_fractions=[1.0],
-        freeze_depths=[0],
-        epochs=epochs,
-        batch_size=8,
-        patience=10,
-        deterministic=True,
-    )
-    data["pretrain"].update(num_workers=1, epochs=1)
-    data["search"] = {
-        "space": LR,
-        "trials": trials,
-        "sampler": "random",
-        "pruner": pruner,
-        "seed": 0,
-        **search,
-    }
-    return parse_spec(data)
+    return parse_spec(search_smoke(epochs, trials, pruner, **search))
 
 
 @pytest.fixture(autouse=True)
@@ -288,9 +269,9 @@ def test_a_killed_driver_resumes_to_exactly_its_budget(tmp_path, cache_dir, monk
 
     ran = []
 
-    def counted(store, spec, plan, group, number, *args, **kw):
+    def counted(store, spec, group, unit, number, *args, **kw):
         ran.append(number)
-        return run_trial(store, spec, plan, group, number, *args, **kw)
+        return run_trial(store, spec, group, unit, number, *args, **kw)
 
     monkeypatch.setattr(search_run, "fit", real_fit)
     monkeypatch.setattr(search_run, "run_search_trial", counted)
@@ -309,7 +290,7 @@ def test_a_killed_driver_resumes_to_exactly_its_budget(tmp_path, cache_dir, monk
     assert run_search_group(store, spec, plan, group, {}, log=_quiet) == chosen
     assert ran == [2, 3, 4] and store.read_json(search_choice_path(group.group_id)) == written
     # and a trial asked to run again returns its row (whatever values it is handed)
-    again = run_trial(store, spec, plan, group, 0, {"lr": 0.05}, {})
+    again = run_trial(store, spec, group, search_unit(spec, plan, group), 0, {"lr": 0.05}, {})
     assert again == rows[0] and store.read_bytes(search_trial_path(group.group_id, 0)) == first[0]
 
 
