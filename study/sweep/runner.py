@@ -657,12 +657,16 @@ class _Progress:
         )
 
     def summary(self) -> None:
-        n = sum(len(v) for v in self.blocked.values())
-        if n:
-            _log(
-                f"{n} units not started: the unit they need failed "
-                f"({', '.join(sorted(self.blocked))})"
+        keys = [k for v in self.blocked.values() for k in v]
+        if keys:
+            trials = sum(k.startswith("search:") for k in keys)
+            what = f"{len(keys) - trials} units"
+            if trials:
+                what += f" and {trials} search trials"
+            needed = sorted(
+                {k.split(":")[1] if k.startswith("search:") else k for k in self.blocked}
             )
+            _log(f"{what} not started: what they need failed ({', '.join(needed)})")
 
 
 def _outcome(store: Store, plan: Plan, done: set[str]) -> StudyOutcome:

@@ -511,6 +511,10 @@ def test_a_finetune_search_is_planned_with_the_spec_ids_until_a_group_chooses(tm
     for uid in moved:
         assert plan.get(uid).config.train.lr == 0.003
         assert plan.base_id(uid) in group.unit_ids
+    # the groups keep their ids in the plan with the choice (status and resume find them)
+    assert [g.group_id for g in search_groups(spec, plan)] == [
+        g.group_id for g in search_groups(spec, base)
+    ]
     # another group's choice file, or one with other parameters, is not a choice
     store.write_json(search_choice_path(group.group_id), {**choice, "params": {"lr": 0.1}})
     assert {u.unit_id for u in init_study(store, spec).units} == {u.unit_id for u in base.units}

@@ -115,7 +115,7 @@ def _run_until_killed(cmd, env: dict, store: Store, spec, log_path, parts: int) 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_driver_killed_mid_search_resumes_to_exactly_the_budget(
-    where, ray_address, tmp_path, cache_dir, request
+    where, s3_server, ray_address, tmp_path, cache_dir
 ):
     """Killed once 3 trial rows are stored; resumed: exactly the budget per group, the
     stored trials untouched, and (local) the same proposals as an uninterrupted run."""
@@ -124,8 +124,8 @@ def test_a_driver_killed_mid_search_resumes_to_exactly_the_budget(
     spec_path = tmp_path / "search.yaml"
     spec_path.write_text(yaml.safe_dump(data))
     env = {**os.environ, "RAY_ADDRESS": ray_address, "ECG_STUDY_CACHE": str(cache_dir)}
-    if where == "s3":
-        _, bucket, s3_env = request.getfixturevalue("s3_server")
+    if where == "s3":  # the Ray head started with the S3 server's settings (fixture order)
+        _, bucket, s3_env = s3_server
         env.update(s3_env)
         storage = f"s3://{bucket}/{tmp_path.name}"
     else:
