@@ -109,10 +109,10 @@ def _search_lines(spec, groups: list[dict]) -> list[str]:
         "  the units above are listed with the fixed options; `study run` runs each group's "
         "trials first, and its chosen values enter its units' configs (and ids)."
     )
-    if s.applies_to != "finetune":
+    if s.applies_to == "both":
         out.append(
-            f"  applies_to {s.applies_to}: searching the pretraining runs is not built yet "
-            "(issue 11): `study run` refuses it."
+            "  the fine-tuning groups start from the pretraining units above: a pretraining "
+            "group's choice gives them new ids, and their trials run after it."
         )
     return out
 

@@ -25,6 +25,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -540,6 +541,46 @@ def _targets(rows) -> np.ndarray:
     return rows.labels
 
 
+@dataclass
+class PretrainSetup:
+    """What a pretraining worker trains: the data, the model, the module pretraining trains
+    (the model, or a pretext wrapper such as CPC's holding it as its `encoder`: only the
+    model's weights are kept) and the fit config with this worker's share of the batch."""
+
+    data: PreparedDataset
+    obj: Objective
+    train: object
+    val: object
+    model: torch.nn.Module
+    trained: torch.nn.Module
+    fit_config: object
+
+
+def pretrain_setup(
+    unit: Unit, store: Store, env: dict, world_size: int, device: str
+) -> PretrainSetup:
+    """Seed, open the upstream data (training folds, validation split) and build the model
+    of pretraining unit `unit`, as each of its `world_size` DDP workers does."""
+    c = unit.config
+    seed_everything(c.seed)
+    data = open_prepared(store, c.data_key)
+    obj = unit_objective(unit, data.label_kind, f"{data.name} ({data.path})")
+    train_idx = data.split_indices("train", c.train_folds)
+    train, val = data.split(train_idx), data.split(data.split_indices("val"))
+    model = create_model(
+        c.architecture,
+        in_channels=data.in_channels,
+        num_classes=len(data.classes),
+        input_length=data.n_samples,
+        **c.architecture_options,
+    )
+    trained = pretrain_task(c.pretrain_task).build(model, c.task_options or {})
+    # The spec's batch size is global: each of the DDP workers takes its share.
+    per_worker = max(1, c.train.batch_size // world_size)
+    config = unit_fit_config(unit, env, device, obj, per_worker)
+    return PretrainSetup(data, obj, train, val, model, trained, config)
+
+
 def run_pretrain_worker(
     unit: Unit,
     store: Store,
@@ -561,23 +602,8 @@ def run_pretrain_worker(
     if rank == 0:
         _mark(store, unit, "running", lease_id, **facts)
     try:
-        seed_everything(c.seed)
-        data = open_prepared(store, c.data_key)
-        obj = unit_objective(unit, data.label_kind, f"{data.name} ({data.path})")
-        train_idx = data.split_indices("train", c.train_folds)
-        train, val = data.split(train_idx), data.split(data.split_indices("val"))
-        model = create_model(
-            c.architecture,
-            in_channels=data.in_channels,
-            num_classes=len(data.classes),
-            input_length=data.n_samples,
-            **c.architecture_options,
-        )
-        # the module pretraining trains: the model, or a pretext wrapper (CPC) holding it as
-        # its `encoder`; only the model's weights are kept
-        trained = pretrain_task(c.pretrain_task).build(model, c.task_options or {})
-        # The spec's batch size is global: each of the DDP workers takes its share.
-        per_worker = max(1, c.train.batch_size // world_size)
+        p = pretrain_setup(unit, store, env, world_size, device)
+        data, obj, train, val, model, trained = p.data, p.obj, p.train, p.val, p.model, p.trained
 
         # Every rank reports (a Train report is collective); rank 0 alone writes.
         t0 = time.perf_counter()
@@ -588,7 +614,7 @@ def run_pretrain_worker(
             trained,
             train,
             val,
-            unit_fit_config(unit, env, device, obj, per_worker),
+            p.fit_config,
             resume=resume,
             on_epoch=on_epoch,
         )

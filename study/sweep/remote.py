@@ -20,7 +20,9 @@ __all__ = [
     "run_unit",
     "run_search_trial",
     "run_pretraining",
+    "run_pretrain_search_trial",
     "pretrain_loop",
+    "pretrain_trial_loop",
     "keep_credentials_out_of_tune",
 ]
 
@@ -97,23 +99,29 @@ def run_pretraining(
     Raises:
         TrainingError: the run ended without the unit's row in the store.
     """
+    from study.errors import TrainingError
+    from study.schema import pretrain_path
+
+    store = Store(store_uri)
+    config = {"unit": unit, "store_uri": store_uri, "env": env}
+    trainer = _trainer(pretrain_loop, config, unit.unit_id, store, pretrain, max_failures)
+    trainer.fit()
+    if not store.exists(pretrain_path(unit.unit_id)):
+        raise TrainingError(f"pretraining unit {unit.unit_id} ended without its result row")
+    return unit.unit_id
+
+
+def _trainer(loop, config: dict, name: str, store: Store, pretrain: dict, max_failures: int):
+    """The TorchTrainer of a pretraining run (a unit's or a search trial's): `loop` on
+    `pretrain["num_workers"]` workers, DDP over NCCL on GPUs or gloo on CPUs."""
     import uuid
 
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from study.errors import TrainingError
-    from study.schema import pretrain_path
-
-    store = Store(store_uri)
-    trainer = TorchTrainer(
-        pretrain_loop,
-        train_loop_config={
-            "unit": unit,
-            "store_uri": store_uri,
-            "env": env,
-            "threads": pretrain["cpus_per_worker"],
-        },
+    return TorchTrainer(
+        loop,
+        train_loop_config={**config, "threads": pretrain["cpus_per_worker"]},
         scaling_config=ScalingConfig(
             num_workers=pretrain["num_workers"],
             use_gpu=pretrain["use_gpu"],
@@ -122,7 +130,7 @@ def run_pretraining(
         torch_config=TorchConfig(backend="nccl" if pretrain["use_gpu"] else "gloo"),
         run_config=RunConfig(
             # A fresh name per attempt: our own checkpoint in the store does the resuming.
-            name=f"{unit.unit_id}-{uuid.uuid4().hex[:8]}",
+            name=f"{name}-{uuid.uuid4().hex[:8]}",
             storage_path=store.path("_ray", "train"),
             storage_filesystem=store.fs,
             # Never retry forever: a unit whose workers cannot be placed must fail, not hang.
@@ -131,10 +139,71 @@ def run_pretraining(
             ),
         ),
     )
-    trainer.fit()
-    if not store.exists(pretrain_path(unit.unit_id)):
-        raise TrainingError(f"pretraining unit {unit.unit_id} ended without its result row")
-    return unit.unit_id
+
+
+def pretrain_trial_loop(config: dict) -> None:
+    """The Ray Train worker function of a pretraining group's search trial."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from study.sweep.search_run import run_pretrain_trial_worker
+
+    ctx = ray.train.get_context()
+    torch.set_num_threads(max(1, int(config["threads"])))
+    run_pretrain_trial_worker(
+        Store(config["store_uri"]),
+        config["spec"],
+        config["group"],
+        config["unit"],
+        config["number"],
+        config["params"],
+        config["env"],
+        rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+        device=str(ray.train.torch.get_device()),
+    )
+
+
+def run_pretrain_search_trial(
+    store_uri: str,
+    spec,
+    group,
+    unit: Unit,
+    number: int,
+    params: dict,
+    env: dict,
+    pretrain: dict,
+    max_failures: int,
+) -> dict:
+    """Trial `number` of pretraining search group `group`: a Ray Train run of its
+    representative pretraining unit with `params` (study.sweep.search_run
+    .run_pretrain_trial_worker on each worker), to its row. Returns what the row says.
+
+    Raises:
+        TrainingError: the run ended without the trial's row in the store.
+    """
+    from study.errors import TrainingError
+    from study.sweep.search import scan_search_trials
+
+    store = Store(store_uri)
+    config = {
+        "spec": spec,
+        "group": group,
+        "unit": unit,
+        "number": number,
+        "params": params,
+        "store_uri": store_uri,
+        "env": env,
+    }
+    name = f"{group.group_id}-{number:05d}"
+    _trainer(pretrain_trial_loop, config, name, store, pretrain, max_failures).fit()
+    row = next(
+        (r for r in scan_search_trials(store, group.group_id).trials if r.number == number), None
+    )
+    if row is None:
+        raise TrainingError(f"search trial {number} of {group.group_id} ended without its row")
+    return {"number": row.number, "state": row.state, "value": row.value, "epochs": row.epochs}
 
 
 def keep_credentials_out_of_tune() -> None:

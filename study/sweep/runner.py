@@ -124,9 +124,6 @@ def _log(msg: str) -> None:
 # --- the store side -------------------------------------------------------------------------
 def init_study(store: Store, spec: Spec) -> Plan:
     """Write spec and plan into a new study root, or check that they match an existing one."""
-    from study.sweep.search_spec import refuse_search
-
-    refuse_search(spec)  # a search of the pretraining runs is not built yet (issue 11)
     plan = study_plan(store, spec)
     if store.exists("spec.yaml"):
         stored = load_spec_from_store(store)
@@ -607,6 +604,60 @@ def _jobs(store: Store, spec: Spec, units: list[Unit], env: dict) -> list:
     ]
 
 
+def _trial_submitter(store: Store, spec: Spec, env: dict):
+    """Starts a search trial on the cluster (study.sweep.search_stage): a fine-tuning
+    group's as a Ray task with a unit's resources, a pretraining group's as a task that
+    drives its Ray Train run, placed as a pretraining unit's is."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from study.sweep import remote
+
+    f, p = spec.finetune, spec.pretrain
+    trial_task = ray.remote(remote.run_search_trial).options(
+        num_cpus=f.cpus_per_trial, num_gpus=f.gpus_per_trial, max_retries=0
+    )
+    pretrain_task = ray.remote(remote.run_pretrain_search_trial).options(
+        num_cpus=0,
+        max_retries=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=True
+        ),
+    )
+    pretrain = {
+        "num_workers": p.num_workers,
+        "use_gpu": p.use_gpu,
+        "cpus_per_worker": p.cpus_per_worker,
+    }
+
+    def submit(group, unit: Unit, number: int, params: dict):
+        if group.section == "pretrain":
+            return pretrain_task.remote(
+                store.uri,
+                spec,
+                group,
+                unit,
+                number,
+                params,
+                env,
+                pretrain,
+                spec.execution.max_failures,
+            )
+        return trial_task.remote(
+            store.uri,
+            spec,
+            group,
+            unit,
+            number,
+            params,
+            env,
+            f.cpus_per_trial,
+            f.gpus_per_trial > 0,
+        )
+
+    return submit
+
+
 def _room_for_ddp(spec: Spec) -> bool:
     """Whether the cluster has the free resources of one more pretraining worker group now
     (its workers would otherwise wait for room, and fail after worker_start_timeout_s)."""
@@ -635,7 +686,7 @@ class _Progress:
             self.running[job.kind] += 1
         elif state in ("done", "failed", "retrying", "stopped"):
             self.running[job.kind] -= 1
-        what = "search trial" if job.kind == "search" else "unit"
+        what = "search trial" if job.key.startswith("search:") else "unit"
         if state == "retrying":
             _log(
                 f"{what} {job.key} (attempt {outcome.attempts}) failed, trying again: "
@@ -655,6 +706,11 @@ class _Progress:
             f"{self.running['unit']} units in flight" + (f", {failed} failed" if failed else ""),
             refresh=False,
         )
+
+    def grow(self, n: int) -> None:
+        """`n` more jobs to run than the bar's total counted (search trials)."""
+        self.bar.total += n
+        self.bar.refresh()
 
     def summary(self) -> None:
         keys = [k for v in self.blocked.values() for k in v]
@@ -867,6 +923,9 @@ def _execute(
     os.environ.setdefault(
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(spec.execution.worker_start_timeout_s)
     )
+    scan = scan_results(store)
+    if scan.corrupt:
+        quarantine_corrupt(store, scan.corrupt)
     stage = None
     if spec.search is not None:  # its groups' choices so far (and any left unwritten)
         from study.sweep.search_stage import SearchStage
@@ -875,17 +934,14 @@ def _execute(
             store,
             spec,
             make_plan(spec),
-            env,
+            done=set(scan.done),
             unit_jobs=lambda units: _jobs(store, spec, units, env),
             expected_seconds=expected_seconds,
             on_choice=lambda chosen: write_plan(store, chosen),
         )
         plan = stage.plan
         sync_stored_plan(store, plan)
-    waiting = stage.waiting if stage is not None else set()
-    scan = scan_results(store)
-    if scan.corrupt:
-        quarantine_corrupt(store, scan.corrupt)
+    waiting = stage.waiting(plan) if stage is not None else set()
     done = {u.unit_id for u in plan.units if u.unit_id in scan.done}
     pending = [u for u in plan.units if u.unit_id not in done and u.unit_id not in waiting]
     trials = stage.pending_trials if stage is not None else 0
@@ -894,7 +950,7 @@ def _execute(
         f"{len(done)} already done, {len(pending)} to run"
         + (
             f", {len(waiting)} waiting for {len(stage.waiting_groups())} search groups "
-            f"({trials} trials to run)"
+            f"({trials} trials to run now)"
             if waiting
             else ""
         )
@@ -907,7 +963,7 @@ def _execute(
         if lease.lost.is_set():  # its units' markers are now the new holder's business
             return
         try:
-            ran = pending + (stage.added if stage is not None else [])
+            ran = stage.added if stage is not None else pending
             close_markers(store, ran, errors, lease)
         except StudyError as e:  # e.g. the store is unreachable: never hide the cause
             _log(
@@ -965,9 +1021,6 @@ def _run_pending(
     units as soon as its row is in the store. With a search (`stage`, a
     study.sweep.search_stage.SearchStage), its trials run too, and each group's `waiting`
     units are added once the group has chosen."""
-    import ray
-
-    from study.sweep import remote
     from study.sweep.scheduler import Scheduler
 
     prepare_datasets(store, spec, make_plan(spec).units if stage is not None else pending)
@@ -975,26 +1028,21 @@ def _run_pending(
     ensure_ray(address)
     if signals is not None:
         signals.install()  # ray.init replaced the SIGTERM handler
-    jobs = _jobs(store, spec, pending, env)
-    trials = 0
-    if stage is not None:
-        f = spec.finetune
-        trial_task = ray.remote(remote.run_search_trial).options(
-            num_cpus=f.cpus_per_trial, num_gpus=f.gpus_per_trial, max_retries=0
-        )
-        resources = {"threads": f.cpus_per_trial, "use_gpu": f.gpus_per_trial > 0}
-        search_jobs = stage.jobs(trial_task, resources)
-        trials = len(search_jobs)
-        jobs += search_jobs
     bar = tqdm(
-        total=len(pending) + waiting + trials,
-        desc="units" if not trials else "units and search trials",
+        total=len(pending) + waiting,
+        desc="units" if stage is None else "units and search trials",
         unit="unit",
         mininterval=2,
         file=sys.stderr,
         dynamic_ncols=True,
     )
     progress = _Progress(bar, errors)
+    if stage is None:
+        jobs = _jobs(store, spec, pending, env)
+    else:
+        stage.submit_trial = _trial_submitter(store, spec, env)
+        stage.on_trials = progress.grow
+        jobs = stage.jobs()
     limits = {"pretrain": spec.pretrain.max_concurrent}
     if spec.finetune.max_concurrent is not None:
         limits["unit"] = spec.finetune.max_concurrent

@@ -52,7 +52,6 @@ from study.sweep.search_spec import (
     STAGE_LR_PREFIX,
     ParamRange,
     SearchSpec,
-    refuse_search,
 )
 from study.sweep.spec import Spec
 from study.training.config import TrainOptions
@@ -60,7 +59,6 @@ from study.training.config import TrainOptions
 __all__ = [
     "SearchSpec",
     "ParamRange",
-    "refuse_search",
     "SearchGroup",
     "SearchTrial",
     "SearchScan",
@@ -637,37 +635,67 @@ def plan_with_choices(spec: Spec, plan: Plan, choices: Mapping[str, Mapping[str,
     keeps the spec's id of each). Units of groups without a choice keep the spec's fixed
     training options and id: they wait for their search, and never run with those.
 
+    Pretraining groups first: a pretraining unit with chosen values has a new id, so the
+    fine-tuning units that start from it do too (their config names it), and so do the
+    fine-tuning search groups over them (a search from other weights is another search):
+    fine-tuning choices are looked up by the groups of the plan with the pretraining
+    choices applied.
+
     Args:
         choices: group id -> chosen values (`read_choice`).
     """
     if spec.search is None or not choices:
         return plan
+    plan = _apply_choices(spec, plan, choices, "pretrain")
+    return _apply_choices(spec, plan, choices, "finetune")
+
+
+def _apply_choices(
+    spec: Spec, plan: Plan, choices: Mapping[str, Mapping[str, Any]], section: str
+) -> Plan:
     by_unit = {}
     for group in search_groups(spec, plan):
-        if group.group_id in choices:
+        if group.section == section and group.group_id in choices:
             for uid in group.unit_ids:
                 by_unit[uid] = choices[group.group_id]
-    units, base = [], dict(plan.base_ids)
+    if not by_unit:
+        return plan
+    units, base, moved = [], dict(plan.base_ids), {}
     for unit in plan.units:
         params = by_unit.get(unit.unit_id)
-        if params is None:
+        config = unit.config
+        if params is not None:
+            config = apply_choice(config, params)
+        elif unit.depends_on in moved:  # starts from a pretraining unit that moved
+            config = config.model_copy(update={"pretrain_unit": moved[unit.depends_on]})
+        else:
             units.append(unit)
             continue
-        chosen = Unit.of(apply_choice(unit.config, params), depends_on=unit.depends_on)
-        base[chosen.unit_id] = plan.base_id(unit.unit_id)
-        units.append(chosen)
+        new = Unit.of(config, depends_on=config.pretrain_unit)
+        moved[unit.unit_id] = new.unit_id
+        base[new.unit_id] = plan.base_id(unit.unit_id)
+        units.append(new)
     return Plan(units, list(plan.excluded), base)
 
 
 def stored_choices(store: Store, spec: Spec, plan: Plan) -> dict[str, dict[str, Any]]:
-    """The chosen values of each of `spec`'s search groups that has a valid chosen.json."""
+    """The chosen values of each of `spec`'s search groups that has a valid chosen.json:
+    the pretraining groups' first, then the fine-tuning groups of the plan with those
+    applied (their ids depend on the pretraining choices: `plan_with_choices`).
+
+    Args:
+        plan: the spec's own plan (`make_plan(spec)`).
+    """
     if spec.search is None:
         return {}
-    out = {}
-    for group in search_groups(spec, plan):
-        params = read_choice(store, group)
-        if params is not None:
-            out[group.group_id] = params
+    out: dict[str, dict[str, Any]] = {}
+    for section in ("pretrain", "finetune"):
+        current = _apply_choices(spec, plan, out, "pretrain")
+        for group in search_groups(spec, current):
+            if group.section == section:
+                params = read_choice(store, group)
+                if params is not None:
+                    out[group.group_id] = params
     return out
 
 
@@ -707,24 +735,28 @@ def rung_attrs(values: Sequence[float]) -> dict[str, float]:
 def search_unit(
     spec: Spec, plan: Plan, group: SearchGroup, params: Mapping[str, Any] | None = None
 ) -> Unit:
-    """The unit a trial of fine-tuning group `group` trains: the group's first waiting unit
-    of repeat 0 (plan order), at the search's data fraction (repeat 0's nested subset, seed
-    and validation rule) and trained with `params` (`apply_choice`).
+    """The unit a trial of group `group` trains, with `params` (`apply_choice`).
+
+    A fine-tuning group's: its first waiting unit of repeat 0 (plan order), at the
+    search's data fraction (repeat 0's nested subset, seed and validation rule). A
+    pretraining group's: its first unit of the lowest pretraining repeat, on the whole
+    upstream training split (`search.fraction` is the fine-tuning groups' only).
 
     Where group_by leaves an axis out (e.g. freeze_depth), the group's units differ on it
     and the first one in plan order represents them.
 
     Raises:
-        ConfigError: a pretraining group (its trials are not built yet), or `params` that are
-            not valid training options.
+        ConfigError: `params` that are not valid training options.
     """
     search = _search(spec)
-    if group.section != "finetune":
-        raise ConfigError(
-            f"search group {group.group_id} tunes pretraining units: running its trials is "
-            "not built yet (issue 11); use applies_to: finetune"
-        )
     ids = set(group.unit_ids)
+    if group.section == "pretrain":  # the whole upstream training split, pretraining seed 0
+        first = min(
+            (u for u in plan.units if u.unit_id in ids),
+            key=lambda u: u.config.pretrain_repeat or 0,
+        )
+        config = apply_choice(first.config, params) if params else first.config
+        return Unit.of(config)
     first = next(u for u in plan.units if u.unit_id in ids and u.config.repeat == 0)
     match = spec.finetune.val_fraction == "match" and search.fraction < 1.0
     config = first.config.model_copy(

@@ -1,11 +1,15 @@
-"""Running a search group's trials (issue 11), in this process, with no Ray.
+"""Running a search group's trials (issue 11): the body of a trial (which a Ray task, or
+each worker of a Ray Train run, calls: study.sweep.remote) and an in-process driver.
 
 A trial trains its group's representative unit (`study.sweep.search.search_unit`) with the
 sampled values, as `study.sweep.execute.run_finetune_unit` trains a unit (the same data
 subset, model and pretrained weights), but it selects on the validation split only and
-never asks the dataset for its test split. After each epoch the search metric is reported
-to the pruner, which decides against the group's trials stored when the trial started.
-The trial's row (`SearchTrial`) is its "done": written once, atomically, when it ends.
+never asks the dataset for its test split. A pretraining group's trial trains its
+representative pretraining unit as a pretraining worker does (`run_pretrain_trial_worker`:
+DDP, the upstream's training folds and validation split), without writing weights. After
+each epoch the search metric is reported to the pruner, which decides against the group's
+trials stored when the trial started. The trial's row (`SearchTrial`) is its "done":
+written once, atomically, when it ends.
 
 `run_search_group` is the sequential driver of one group: it runs the pending trial
 numbers in order, each proposed from the study rebuilt from the stored rows, and writes
@@ -51,7 +55,12 @@ from study.sweep.search_spec import METRICS
 from study.sweep.spec import Spec
 from study.training import fit, seed_everything
 
-__all__ = ["run_search_trial", "run_search_group", "search_error_path"]
+__all__ = [
+    "run_search_trial",
+    "run_pretrain_trial_worker",
+    "run_search_group",
+    "search_error_path",
+]
 
 
 class _Pruned(Exception):
@@ -96,11 +105,14 @@ def run_search_trial(
         its value is the best value of the metric over the epochs it ran.
 
     Raises:
-        ConfigError: a pretraining group, or `params` that are not training options.
+        ConfigError: `params` that are not training options.
         StorageError, DataError: the prepared data or the pretrained weights cannot be
             read (not the sampled values' fault: no row is written, the trial runs again).
     """
-    search = spec.search
+    if group.section == "pretrain":  # one process: a DDP group's trial is run_pretrain_trial_worker
+        return run_pretrain_trial_worker(
+            store, spec, group, unit, number, params, env, rank=0, world_size=1, device=device
+        )
     unit = Unit.of(apply_choice(unit.config, params), depends_on=unit.depends_on)
     stored = scan_search_trials(store, group.group_id).trials
     done = next((r for r in stored if r.number == number), None)
@@ -114,9 +126,33 @@ def run_search_trial(
     train, val = data.split(train_idx), data.split(val_idx)
     model = finetune_model(unit, store, data)
     config = unit_fit_config(unit, env, device, obj)
+    return _run_trial(
+        store, spec, group, number, params, stored, env, device, model, train, val, config
+    )
 
+
+def _run_trial(
+    store: Store,
+    spec: Spec,
+    group: SearchGroup,
+    number: int,
+    params: Mapping[str, Any],
+    stored: list[SearchTrial],
+    env: dict,
+    device: str,
+    model,
+    train,
+    val,
+    config,
+    rank: int = 0,
+    world_size: int = 1,
+) -> SearchTrial | None:
+    """Fit `model` as trial `number`, reporting the search metric to the pruner after each
+    epoch, and (rank 0) store its row. Under DDP every rank runs this: rank 0 asks the
+    pruner and broadcasts its answer, so that every rank stops at the same epoch."""
+    search = spec.search
     trial = None
-    if search.pruner != "none":  # the stored trials, with their rungs, and this one running
+    if search.pruner != "none" and rank == 0:  # the stored trials, their rungs, this one
         study = rebuild_study(group, stored, spec, number=number, pruner=search_pruner(spec))
         trial = study.ask()
     values: list[float] = []
@@ -126,10 +162,20 @@ def run_search_trial(
         values.append(value)
         # Never stopped at its last epoch (nothing left to save; as Ray Tune's ASHA ends a
         # trial at max_t): a trial that ran every epoch is complete, and can be chosen.
-        if trial is not None and record["epoch"] < config.epochs:
+        if search.pruner == "none" or record["epoch"] >= config.epochs:
+            return
+        stop = False
+        if trial is not None:
             trial.report(value, record["epoch"])
-            if trial.should_prune():
-                raise _Pruned
+            stop = trial.should_prune()
+        if world_size > 1:
+            import torch.distributed as dist
+
+            decision = [stop]
+            dist.broadcast_object_list(decision, src=0)
+            stop = bool(decision[0])
+        if stop:
+            raise _Pruned
 
     state, error = "complete", None
     t0 = time.perf_counter()
@@ -140,6 +186,8 @@ def run_search_trial(
     except Exception as e:  # the sampled values' failure (a NaN loss ...): a row, not a raise
         state, error = "failed", f"{type(e).__name__}: {e}"
     seconds = time.perf_counter() - t0
+    if rank != 0:
+        return None
     value = _best(values, search.metric)
     if state == "complete" and value is None:
         state = "failed"
@@ -163,6 +211,53 @@ def run_search_trial(
         )
     write_search_trial(store, row)
     return row
+
+
+def run_pretrain_trial_worker(
+    store: Store,
+    spec: Spec,
+    group: SearchGroup,
+    unit: Unit,
+    number: int,
+    params: Mapping[str, Any],
+    env: dict,
+    rank: int,
+    world_size: int,
+    device: str = "cpu",
+) -> SearchTrial | None:
+    """One DDP worker of trial `number` of pretraining group `group` (torch.distributed
+    set up by the caller, as for a pretraining unit): the representative pretraining unit
+    with `params`, on the upstream's training folds, judged on its validation split after
+    each epoch (every rank evaluates it whole, so all see the same value). Rank 0 asks the
+    pruner, broadcasts its answer and writes the row (returned; None on other ranks).
+
+    A trial keeps no checkpoint: one whose worker group restarts (a lost node) trains
+    again from its first epoch.
+    """
+    from study.sweep.execute import pretrain_setup
+
+    unit = Unit.of(apply_choice(unit.config, params))
+    stored = scan_search_trials(store, group.group_id).trials
+    done = next((r for r in stored if r.number == number), None)
+    if done is not None:  # every rank reads the same store: all return here alike
+        return done if rank == 0 else None
+    p = pretrain_setup(unit, store, env, world_size, device)
+    return _run_trial(
+        store,
+        spec,
+        group,
+        number,
+        params,
+        stored,
+        env,
+        device,
+        p.trained,
+        p.train,
+        p.val,
+        p.fit_config,
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 def search_error_path(group_id: str, number: int) -> str:

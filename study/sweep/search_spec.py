@@ -34,7 +34,6 @@ from pydantic import (
     model_validator,
 )
 
-from study.errors import ConfigError
 from study.training.config import TrainOptions
 
 __all__ = [
@@ -44,7 +43,6 @@ __all__ = [
     "GROUP_KEYS",
     "DEFAULT_GROUP_BY",
     "STAGE_LR_PREFIX",
-    "refuse_search",
 ]
 
 #: The validation metrics a search may optimise, with their direction: the `val_` columns
@@ -71,23 +69,6 @@ _NOT_SEARCHED = {
 }
 _KINDS = ("loguniform", "uniform", "int", "choice")
 _RANGE_KINDS = ("loguniform", "uniform", "int")
-
-
-def refuse_search(spec: Any) -> None:
-    """Refuse a spec whose search tunes the pretraining runs: running those searches is not
-    built yet (issue 11); a search of the fine-tuning and from-scratch units runs.
-
-    Raises:
-        ConfigError: `spec.search.applies_to` is pretrain or both.
-    """
-    search = getattr(spec, "search", None)
-    if search is not None and search.applies_to != "finetune":
-        raise ConfigError(
-            f"study {spec.name}: search.applies_to is {search.applies_to!r}, but searching "
-            "the pretraining runs' options is not built yet (issue 11), so the study cannot "
-            "be run (`study plan` shows its search groups). Use applies_to: finetune to tune "
-            "the fine-tuning and from-scratch units, with the pretraining options fixed."
-        )
 
 
 class _Section(BaseModel):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,70 +63,117 @@ def _describe(group: SearchGroup) -> str:
 
 @dataclass
 class SearchStage:
-    """The search groups of one driver's run (module docstring).
+    """The search groups of one driver's run, and the jobs of the units they free (module
+    docstring).
 
     Args:
         store, spec: the study.
         base: the spec's own plan (`make_plan(spec)`: no choices applied).
-        env: run facts for the trials' tasks (code_version, loader_workers, lease_id).
+        done: ids of the units whose rows were in the store when the driver started.
         unit_jobs: the scheduler jobs of a list of units (the runner's).
+        submit_trial: starts a trial on the cluster: (group, representative unit, number,
+            values) -> its ObjectRef (the runner's: a Ray task, or for a pretraining group
+            a task driving a Ray Train run).
         expected_seconds: a unit's relative expected duration (the runner's).
         on_choice: called on the driver with the plan once a group's choice is written
             (e.g. to rewrite plan.parquet).
+        on_trials: called with the number of trial jobs each `jobs` call adds (a progress
+            bar's total grows as pretraining choices make fine-tuning groups ready).
     """
 
     store: Store
     spec: Spec
     base: Plan
-    env: dict
-    unit_jobs: Callable[[list[Unit]], list[Job]]
-    expected_seconds: Callable[[Unit], float]
+    done: set[str] = field(default_factory=set)
+    unit_jobs: Callable[[list[Unit]], list[Job]] = lambda units: []
+    submit_trial: Callable[[SearchGroup, Unit, int, dict], Any] | None = None
+    expected_seconds: Callable[[Unit], float] = lambda unit: 1.0
     on_choice: Callable[[Plan], None] | None = None
-    groups: list[SearchGroup] = field(init=False)
+    on_trials: Callable[[int], None] | None = None  # told how many trial jobs `jobs` adds
     choices: dict[str, dict[str, Any]] = field(init=False, default_factory=dict)
-    added: list[Unit] = field(init=False, default_factory=list)  # units added at run time
     failed: dict[str, str] = field(init=False, default_factory=dict)  # group id -> why
+    added: list[Unit] = field(init=False, default_factory=list)  # units handed to the run
     _remaining: dict[str, set[int]] = field(init=False, default_factory=dict)
+    _scheduled: set[str] = field(init=False, default_factory=set)  # unit and group ids
 
     def __post_init__(self) -> None:
-        search = self.spec.search
-        if search is None:
+        if self.spec.search is None:
             raise ConfigError(f"study {self.spec.name} has no search: section")
-        self.groups = search_groups(self.spec, self.base)
-        for group in self.groups:
-            params = read_choice(self.store, group)
-            if params is None:
-                rows = scan_search_trials(self.store, group.group_id).trials
-                pending = pending_numbers(group, rows, self.spec)
-                if not pending:  # its trials ended, its driver did not write the choice
-                    try:
-                        params = self._choose(group, rows)
-                    except TrainingError as e:  # its units cannot run; the others can
-                        self.failed[group.group_id] = str(e)
-                        _log(f"search {group.group_id} ({_describe(group)}): {e}")
-                        continue
-                else:
-                    self._remaining[group.group_id] = set(pending)
-            if params is not None:
-                self.choices[group.group_id] = params
+        self._settle()
 
-    def waiting_groups(self) -> list[SearchGroup]:
-        """The groups without a choice (their trials pending, or none of them completed)."""
-        return [g for g in self.groups if g.group_id not in self.choices]
-
+    # --- what the store says ------------------------------------------------------------
     @property
     def plan(self) -> Plan:
-        """The plan with every choice made so far (units of unchosen groups keep the
-        spec's ids, and wait)."""
+        """The plan with every choice made so far (units waiting for a choice keep the
+        spec's ids)."""
         return plan_with_choices(self.spec, self.base, self.choices)
 
-    @property
-    def waiting(self) -> set[str]:
-        """Ids of the units whose group has not chosen yet."""
-        return {uid for g in self.waiting_groups() for uid in g.unit_ids}
+    def groups(self, plan: Plan | None = None) -> list[SearchGroup]:
+        """The search groups of `plan` (default: `self.plan`): a fine-tuning group over
+        units whose pretraining is still searched has an id that changes with that choice."""
+        return search_groups(self.spec, plan or self.plan)
+
+    def _unchosen_pretraining(self, groups: list[SearchGroup]) -> set[str]:
+        return {
+            uid
+            for g in groups
+            if g.section == "pretrain" and g.group_id not in self.choices
+            for uid in g.unit_ids
+        }
+
+    def _ready(self, group: SearchGroup, unchosen: set[str]) -> bool:
+        """Whether `group`'s trials can run: a fine-tuning group's pretraining units must
+        have their final ids (no pretraining search left to choose them)."""
+        return group.section == "pretrain" or not (set(group.pretrain_units) & unchosen)
+
+    def _settle(self) -> None:
+        """Take every choice the store holds or allows, group by group, until none is left:
+        a pretraining choice gives new fine-tuning groups, whose choices may be stored."""
+        while True:
+            plan = self.plan
+            groups = self.groups(plan)
+            unchosen = self._unchosen_pretraining(groups)
+            changed = False
+            for group in groups:
+                gid = group.group_id
+                if gid in self.choices or gid in self.failed or gid in self._remaining:
+                    continue
+                if not self._ready(group, unchosen):
+                    continue
+                params = read_choice(self.store, group)
+                if params is None:
+                    rows = scan_search_trials(self.store, gid).trials
+                    pending = pending_numbers(group, rows, self.spec)
+                    if pending:
+                        self._remaining[gid] = set(pending)
+                        continue
+                    try:  # its trials ended, its driver did not write the choice
+                        params = self._choose(group, rows)
+                    except TrainingError as e:  # its units cannot run; the others can
+                        self.failed[gid] = str(e)
+                        _log(f"search {gid} ({_describe(group)}): {e}")
+                        continue
+                self.choices[gid] = params
+                changed = True
+            if not changed:
+                return
+
+    def waiting(self, plan: Plan | None = None) -> set[str]:
+        """Ids of `plan`'s units that wait for a choice: those of groups without one, and
+        the fine-tuning units that start from a pretraining unit that waits."""
+        plan = plan or self.plan
+        groups = self.groups(plan)
+        out = {uid for g in groups if g.group_id not in self.choices for uid in g.unit_ids}
+        return out | {u.unit_id for u in plan.units if u.depends_on in out}
+
+    def waiting_groups(self) -> list[SearchGroup]:
+        """The groups of the current plan without a choice."""
+        return [g for g in self.groups() if g.group_id not in self.choices]
 
     @property
     def pending_trials(self) -> int:
+        """Trials known to run: those of the groups whose trials can run now (a fine-tuning
+        group over pretraining units still searched is counted once they are chosen)."""
         return sum(len(v) for v in self._remaining.values())
 
     def _choose(self, group: SearchGroup, rows) -> dict[str, Any]:
@@ -136,61 +183,67 @@ class SearchStage:
         _log(f"search {group.group_id} ({_describe(group)}): {counts}; chose {params}")
         return params
 
-    def jobs(self, trial_task: Any, resources: Mapping[str, Any]) -> list[Job]:
-        """The pending trials of every unchosen group, as scheduler jobs.
+    # --- jobs ---------------------------------------------------------------------------
+    def jobs(self) -> list[Job]:
+        """What can run now and was not handed to the run yet: the units that wait for no
+        choice (and have no row), and the pending trials of every group ready to search."""
+        plan = self.plan
+        waiting = self.waiting(plan)
+        units = [
+            u
+            for u in plan.units
+            if u.unit_id not in waiting
+            and u.unit_id not in self.done
+            and u.unit_id not in self._scheduled
+        ]
+        self._scheduled.update(u.unit_id for u in units)
+        self.added.extend(units)
+        out = self.unit_jobs(units)
+        trials = []
+        for group in self.groups(plan):
+            gid = group.group_id
+            if gid in self._remaining and gid not in self._scheduled:
+                self._scheduled.add(gid)
+                trials.extend(self._trial_jobs(group, plan))
+        if trials and self.on_trials is not None:
+            self.on_trials(len(trials))
+        return out + trials
 
-        Args:
-            trial_task: the Ray remote function of a trial (study.sweep.remote).
-            resources: threads and use_gpu of a trial's task.
-        """
-        search = self.spec.search
-        lanes = search.max_concurrent
+    def _trial_jobs(self, group: SearchGroup, plan: Plan) -> list[Job]:
+        lanes = self.spec.search.max_concurrent
+        unit = search_unit(self.spec, plan, group)
+        trial_seconds = self.expected_seconds(unit)
+        ids = set(group.unit_ids)
+        after = max((self.expected_seconds(u) for u in plan.units if u.unit_id in ids), default=0.0)
+        pending = sorted(self._remaining[group.group_id])
         out = []
-        for group in self.groups:
-            if group.group_id not in self._remaining:
-                continue
-            unit = search_unit(self.spec, self.base, group)
-            trial_seconds = self.expected_seconds(unit)
-            ids = set(group.unit_ids)
-            after = max(
-                (self.expected_seconds(u) for u in self.base.units if u.unit_id in ids),
-                default=0.0,
-            )
-            pending = sorted(self._remaining[group.group_id])
-            for i, number in enumerate(pending):
-                ahead = math.ceil((len(pending) - i) / lanes)  # trials left in its lane
-                out.append(
-                    Job(
-                        key=trial_key(group.group_id, number),
-                        submit=self._submit(group, unit, number, trial_task, resources),
-                        depends_on=(
-                            trial_key(group.group_id, pending[i - lanes])
-                            if i >= lanes
-                            else unit.depends_on
-                        ),
-                        # the longest path through it: its lane's trials, then the units
-                        expected_seconds=trial_seconds * ahead + after,
-                        kind="search",
-                        then=self._then(group, number),
-                    )
+        for i, number in enumerate(pending):
+            ahead = math.ceil((len(pending) - i) / lanes)  # trials left in its lane
+            out.append(
+                Job(
+                    key=trial_key(group.group_id, number),
+                    submit=self._submit(group, unit, number),
+                    depends_on=(
+                        trial_key(group.group_id, pending[i - lanes])
+                        if i >= lanes
+                        else unit.depends_on
+                    ),
+                    # the longest path through it: its lane's trials, then the units
+                    expected_seconds=trial_seconds * ahead + after,
+                    # a pretraining trial is a DDP run: it takes a pretraining slot
+                    kind="pretrain" if group.section == "pretrain" else "search",
+                    then=self._then(group, number),
                 )
+            )
         return out
 
-    def _submit(self, group: SearchGroup, unit: Unit, number: int, task, resources):
+    def _submit(self, group: SearchGroup, unit: Unit, number: int):
         def start():
             rows = scan_search_trials(self.store, group.group_id).trials
             params = suggest(group, rows, self.spec, number)
-            return task.remote(
-                self.store.uri,
-                self.spec,
-                group,
-                unit,
-                number,
-                params,
-                self.env,
-                resources["threads"],
-                resources["use_gpu"],
-            )
+            if self.submit_trial is None:
+                raise RuntimeError("SearchStage has no submit_trial")
+            return self.submit_trial(group, unit, number, params)
 
         return start
 
@@ -207,16 +260,9 @@ class SearchStage:
             except TrainingError as e:
                 self.failed[group.group_id] = str(e)
                 raise
-            plan = self.plan
+            self._settle()  # fine-tuning groups a pretraining choice made ready
             if self.on_choice is not None:
-                self.on_choice(plan)
-            return self.unit_jobs(self._units_of(group, plan))
+                self.on_choice(self.plan)
+            return self.jobs()
 
         return then
-
-    def _units_of(self, group: SearchGroup, plan: Plan) -> list[Unit]:
-        """`group`'s units in `plan` (with its choice), in plan order."""
-        ids = set(group.unit_ids)
-        units = [u for u in plan.units if plan.base_id(u.unit_id) in ids]
-        self.added.extend(units)
-        return units

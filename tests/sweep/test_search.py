@@ -483,15 +483,6 @@ def test_the_chosen_values_enter_the_units_configs_and_ids():
 
 
 # --- not built yet: run refuses, plan shows ---------------------------------------------------
-@pytest.mark.parametrize("applies_to", ["pretrain", "both"])
-def test_run_refuses_a_search_of_pretraining_before_writing_anything(tmp_path, applies_to):
-    store = Store(str(tmp_path / "study"))
-    spec = parse_spec(_with("search.applies_to", applies_to))
-    with pytest.raises(ConfigError, match=r"pretraining runs' options is not built yet"):
-        init_study(store, spec)
-    assert not store.exists("spec.yaml") and not store.exists("plan.parquet")
-
-
 def test_a_finetune_search_is_planned_with_the_spec_ids_until_a_group_chooses(tmp_path):
     """plan.parquet lists the spec's own ids while no group has chosen; a choice changes its
     group's unit ids (the chosen values are in their configs), and the stored plan is

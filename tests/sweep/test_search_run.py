@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from study.data.prepared import PreparedDataset
-from study.errors import ConfigError, DataError, StorageError, TrainingError
+from study.errors import DataError, StorageError, TrainingError
 from study.schema import search_choice_path, search_trial_path
 from study.store import Store
 from study.sweep import search_run
@@ -23,6 +23,7 @@ from study.sweep.plan import make_plan
 from study.sweep.runner import prepare_datasets
 from study.sweep.search import (
     SearchTrial,
+    plan_with_choices,
     rebuild_study,
     remaining_budget,
     scan_search_trials,
@@ -94,14 +95,52 @@ def test_a_groups_trials_train_repeat_0_at_the_search_fraction():
     assert search_unit(spec, make_plan(spec), group).config.val_fraction is None
 
 
-def test_pretraining_groups_are_refused_with_a_reason():
-    spec = _spec(applies_to="pretrain")
+def test_a_pretraining_groups_trials_train_its_first_seed_on_the_whole_upstream():
+    data = search_smoke(applies_to="both", fraction=0.5)
+    data["pretrain"]["repeats"] = 2
+    spec = parse_spec(data)
     plan = make_plan(spec)
-    (group,) = search_groups(spec, plan)
-    with pytest.raises(
-        ConfigError, match="tunes pretraining units: running its trials is not built"
-    ):
-        search_unit(spec, plan, group)
+    pre = next(g for g in search_groups(spec, plan) if g.section == "pretrain")
+    assert len(pre.unit_ids) == 2 and pre.arm is None
+    unit = search_unit(spec, plan, pre, {"lr": 0.02})
+    first = plan.get(pre.unit_ids[0]).config
+    assert unit.depends_on is None and unit.config.stage == "pretrain"
+    assert (unit.config.pretrain_repeat or 0) == 0 and unit.config.train.lr == 0.02
+    assert unit.config.model_dump(exclude={"train"}) == first.model_dump(exclude={"train"})
+
+
+def test_a_pretraining_choice_moves_the_units_and_searches_that_start_from_it():
+    """Chosen pretraining values give the pretraining units new ids; the fine-tuning units
+    that start from them, and the fine-tuning search groups over those, move with them;
+    from-scratch units and their search do not."""
+    spec = _spec(applies_to="both")
+    base = make_plan(spec)
+    groups = {(g.section, g.arm): g for g in search_groups(spec, base)}
+    pre = groups[("pretrain", None)]
+    plan = plan_with_choices(spec, base, {pre.group_id: {"lr": 0.02}})
+    (pt,) = plan.by_stage("pretrain")
+    assert pt.config.train.lr == 0.02 and plan.base_id(pt.unit_id) == pre.unit_ids[0]
+    for u in plan.by_stage("finetune"):
+        assert u.depends_on == u.config.pretrain_unit == pt.unit_id
+        assert u.unit_id not in base._index and plan.base_id(u.unit_id) in base._index
+    assert {u.unit_id for u in plan.by_stage("scratch")} == {
+        u.unit_id for u in base.by_stage("scratch")
+    }
+    moved = {(g.section, g.arm): g.group_id for g in search_groups(spec, plan)}
+    assert moved[("pretrain", None)] == pre.group_id
+    assert moved[("finetune", "scratch")] == groups[("finetune", "scratch")].group_id
+    assert moved[("finetune", "pretrained")] != groups[("finetune", "pretrained")].group_id
+    # the moved fine-tuning group's choice applies on top; the base group's id does not
+    both = plan_with_choices(
+        spec, base, {pre.group_id: {"lr": 0.02}, moved[("finetune", "pretrained")]: {"lr": 0.003}}
+    )
+    assert {u.config.train.lr for u in both.by_stage("finetune")} == {0.003}
+    stale = plan_with_choices(
+        spec,
+        base,
+        {pre.group_id: {"lr": 0.02}, groups[("finetune", "pretrained")].group_id: {"lr": 0.003}},
+    )
+    assert {u.config.train.lr for u in stale.by_stage("finetune")} != {0.003}
 
 
 # --- ASHA's rungs, rebuilt ----------------------------------------------------------------

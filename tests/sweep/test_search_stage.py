@@ -20,7 +20,6 @@ def _stage(store: Store, spec) -> SearchStage:
         store,
         spec,
         make_plan(spec),
-        env={},
         unit_jobs=lambda units: [],
         expected_seconds=lambda unit: float(unit.config.train.epochs),
     )
@@ -47,9 +46,9 @@ def test_trials_run_in_lanes_of_max_concurrent_after_the_pretraining_unit(tmp_pa
     groups = {g.arm: g for g in search_groups(spec, base)}
     write_search_trial(store, _row(groups["scratch"], 1))  # trial 1 is stored already
     stage = _stage(store, spec)
-    jobs = {j.key: j for j in stage.jobs(trial_task=None, resources={})}
+    jobs = {j.key: j for j in stage.jobs()}
     assert stage.pending_trials == 9 and stage.choices == {}
-    assert stage.waiting == set(groups["scratch"].unit_ids) | set(groups["pretrained"].unit_ids)
+    assert stage.waiting() == set(groups["scratch"].unit_ids) | set(groups["pretrained"].unit_ids)
     pre = groups["pretrained"]
     pretraining = search_unit(spec, base, pre).depends_on
     assert pretraining in pre.pretrain_units
@@ -81,8 +80,8 @@ def test_a_group_whose_trials_are_all_stored_is_chosen_before_anything_runs(tmp_
     stage = _stage(store, spec)
     assert stage.choices == {sc.group_id: {"lr": 3e-3}}
     assert store.read_json(search_choice_path(sc.group_id))["params"] == {"lr": 3e-3}
-    assert not any(j.key.startswith(f"search:{sc.group_id}") for j in stage.jobs(None, {}))
-    assert stage.waiting == set(groups["pretrained"].unit_ids)
+    assert not any(j.key.startswith(f"search:{sc.group_id}") for j in stage.jobs())
+    assert stage.waiting() == set(groups["pretrained"].unit_ids)
     plan = stage.plan
     chosen = [u for u in plan.units if plan.base_id(u.unit_id) in sc.unit_ids]
     assert chosen and all(u.config.train.lr == 3e-3 for u in chosen)
@@ -96,5 +95,40 @@ def test_a_group_in_which_no_trial_completed_chooses_nothing_and_its_units_wait(
     write_search_trial(store, _row(sc, 1, state="pruned", value=2.0))
     stage = _stage(store, spec)
     assert sc.group_id in stage.failed and "no search trial completed" in stage.failed[sc.group_id]
-    assert sc.group_id not in stage.choices and set(sc.unit_ids) <= stage.waiting
+    assert sc.group_id not in stage.choices and set(sc.unit_ids) <= stage.waiting()
     assert not store.exists(search_choice_path(sc.group_id))
+
+
+def test_a_pretraining_choice_frees_its_units_then_the_search_that_starts_from_them(tmp_path):
+    """applies_to both: the pretraining group and the from-scratch group search at once;
+    the pretrained arm's search waits for the pretraining choice, which gives its
+    pretraining unit, its fine-tuning units and their search group new ids."""
+    spec = parse_spec(search_smoke(trials=2, applies_to="both"))
+    store = Store(str(tmp_path / "s"))
+    base = make_plan(spec)
+    groups = {(g.section, g.arm): g for g in search_groups(spec, base)}
+    pre, sc, ft = (
+        groups["pretrain", None],
+        groups["finetune", "scratch"],
+        groups["finetune", "pretrained"],
+    )
+    handed: list = []
+    stage = SearchStage(store, spec, base, unit_jobs=lambda units: handed.extend(units) or [])
+    jobs = {j.key: j for j in stage.jobs()}
+    assert set(jobs) == {trial_key(g.group_id, n) for g in (pre, sc) for n in (0, 1)}
+    assert handed == []  # every unit waits for a choice
+    assert jobs[trial_key(pre.group_id, 0)].kind == "pretrain"
+    assert jobs[trial_key(pre.group_id, 0)].depends_on is None
+    for n, (value, lr) in enumerate([(0.7, 1e-3), (0.5, 2e-2)]):
+        write_search_trial(store, _row(pre, n, value=value, lr=lr))
+    assert list(jobs[trial_key(pre.group_id, 0)].then(None)) == []
+    added = {j.key: j for j in jobs[trial_key(pre.group_id, 1)].then(None)}
+    assert stage.choices[pre.group_id] == {"lr": 2e-2}
+    (pt,) = handed  # the pretraining unit, with the chosen values: a new id
+    assert pt.stage == "pretrain" and pt.config.train.lr == 2e-2
+    assert pt.unit_id not in pre.unit_ids and stage.plan.base_id(pt.unit_id) in pre.unit_ids
+    (moved,) = [g for g in stage.groups() if g.section == "finetune" and g.arm == "pretrained"]
+    assert moved.group_id != ft.group_id
+    assert set(added) == {trial_key(moved.group_id, n) for n in (0, 1)}
+    assert added[trial_key(moved.group_id, 0)].depends_on == pt.unit_id
+    assert stage.waiting() == set(moved.unit_ids) | set(sc.unit_ids)

@@ -84,6 +84,43 @@ def test_each_arm_is_searched_then_its_units_run_with_the_chosen_values(
     assert all(out.store.read_bytes(search_choice_path(k)) == v for k, v in stamps.items())
 
 
+def test_a_search_of_the_pretraining_runs_chooses_before_the_pretrained_arm_searches(
+    ray_local, tmp_path, cache_dir
+):
+    """applies_to both: the pretraining group's trials are DDP runs (2 gloo workers, the
+    pruner's answer broadcast from rank 0); its choice trains the pretraining unit, and the
+    pretrained arm's search then starts from those weights."""
+    data = search_smoke(epochs=2, trials=2, pruner="asha", applies_to="both")
+    data["pretrain"].update(num_workers=2, epochs=3)
+    spec = parse_spec(data)
+    out = run_study(spec, str(tmp_path / "studies"))
+    assert out.complete, out.failed
+    store = out.store
+    plan = study_plan(store, spec)
+    groups = {(g.section, g.arm): g for g in search_groups(spec, plan)}
+    assert set(groups) == {("pretrain", None), ("finetune", "scratch"), ("finetune", "pretrained")}
+    chosen = {}
+    for key, group in groups.items():
+        rows = scan_search_trials(store, group.group_id).trials
+        assert [r.number for r in rows] == [0, 1], key
+        chosen[key] = read_choice(store, group)
+        assert chosen[key] == choose(rows, "val_loss")
+    pre_rows = scan_search_trials(store, groups["pretrain", None].group_id).trials
+    assert all(1 <= r.epochs <= 3 and r.state in ("complete", "pruned") for r in pre_rows)
+    (pt,) = plan.by_stage("pretrain")
+    assert pt.config.train.lr == chosen["pretrain", None]["lr"]
+    assert store.exists(f"results/pretrain/{pt.unit_id}.parquet")
+    assert pt.unit_id not in make_plan(spec)._index  # a new id: the chosen values are in it
+    df = trials(store).set_index("unit_id")
+    for u in plan.by_stage("finetune"):
+        assert u.depends_on == pt.unit_id
+        lr = json.loads(df.loc[u.unit_id, "config"])["train"]["lr"]
+        assert lr == chosen["finetune", "pretrained"]["lr"]
+    for u in plan.by_stage("scratch"):
+        lr = json.loads(df.loc[u.unit_id, "config"])["train"]["lr"]
+        assert lr == chosen["finetune", "scratch"]["lr"]
+
+
 def _study_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "study.cli", *args]
 
