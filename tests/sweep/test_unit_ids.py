@@ -78,7 +78,8 @@ def _stored_by_older_code(store: Store) -> None:
         uid[:3] + hashlib.sha256(uid.encode()).hexdigest()[:16]
         for uid in table.column("unit_id").to_pylist()
     ]
-    table = table.set_column(table.schema.get_field_index("unit_id"), "unit_id", [moved])
+    for column in ("unit_id", "base_unit_id"):  # a plan without a search: the same ids
+        table = table.set_column(table.schema.get_field_index(column), column, [moved])
     table = table.replace_schema_metadata(
         {b"code_version": b"0.0.9+g1234abc", b"planned_at": b"2026-11-01T10:00:00+00:00"}
     )
