@@ -551,22 +551,21 @@ def expected_seconds(unit: Unit) -> float:
     return epochs * float(c.data_fraction)
 
 
-def _jobs(store: Store, spec: Spec, units: list[Unit], env: dict) -> list:
-    """One scheduler Job per unit: a Ray task (study.sweep.remote) with the unit's resources;
-    a fine-tuning unit depends on its pretraining unit."""
+def _remote_tasks(spec: Spec, unit_fn, pretrain_fn) -> tuple:
+    """`unit_fn` as a Ray task with a fine-tuning unit's resources, `pretrain_fn` as a task
+    that drives a Ray Train run (no resources of its own, soft affinity to the driver's
+    node), and the spec's pretraining resources, for both kinds of work the scheduler runs
+    (units, search trials)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from study.sweep import remote
-    from study.sweep.scheduler import Job
 
     f, p = spec.finetune, spec.pretrain
     # Ray retries nothing itself: the scheduler does (a retried unit resumes from its
     # checkpoint), and it counts attempts for the markers.
-    unit_task = ray.remote(remote.run_unit).options(
+    unit_task = ray.remote(unit_fn).options(
         num_cpus=f.cpus_per_trial, num_gpus=f.gpus_per_trial, max_retries=0
     )
-    pretrain_task = ray.remote(remote.run_pretraining).options(
+    pretrain_task = ray.remote(pretrain_fn).options(
         num_cpus=0,
         max_retries=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -578,6 +577,19 @@ def _jobs(store: Store, spec: Spec, units: list[Unit], env: dict) -> list:
         "use_gpu": p.use_gpu,
         "cpus_per_worker": p.cpus_per_worker,
     }
+    return unit_task, pretrain_task, pretrain
+
+
+def _jobs(store: Store, spec: Spec, units: list[Unit], env: dict) -> list:
+    """One scheduler Job per unit: a Ray task (study.sweep.remote) with the unit's resources;
+    a fine-tuning unit depends on its pretraining unit."""
+    from study.sweep import remote
+    from study.sweep.scheduler import Job
+
+    f = spec.finetune
+    unit_task, pretrain_task, pretrain = _remote_tasks(
+        spec, remote.run_unit, remote.run_pretraining
+    )
     attempts: dict[str, int] = {}
 
     def submit(u: Unit):
@@ -608,27 +620,12 @@ def _trial_submitter(store: Store, spec: Spec, env: dict):
     """Starts a search trial on the cluster (study.sweep.search_stage): a fine-tuning
     group's as a Ray task with a unit's resources, a pretraining group's as a task that
     drives its Ray Train run, placed as a pretraining unit's is."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     from study.sweep import remote
 
-    f, p = spec.finetune, spec.pretrain
-    trial_task = ray.remote(remote.run_search_trial).options(
-        num_cpus=f.cpus_per_trial, num_gpus=f.gpus_per_trial, max_retries=0
+    f = spec.finetune
+    trial_task, pretrain_task, pretrain = _remote_tasks(
+        spec, remote.run_search_trial, remote.run_pretrain_search_trial
     )
-    pretrain_task = ray.remote(remote.run_pretrain_search_trial).options(
-        num_cpus=0,
-        max_retries=0,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=True
-        ),
-    )
-    pretrain = {
-        "num_workers": p.num_workers,
-        "use_gpu": p.use_gpu,
-        "cpus_per_worker": p.cpus_per_worker,
-    }
 
     def submit(group, unit: Unit, number: int, params: dict):
         if group.section == "pretrain":
