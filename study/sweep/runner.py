@@ -628,29 +628,10 @@ def _trial_submitter(store: Store, spec: Spec, env: dict):
     )
 
     def submit(group, unit: Unit, number: int, params: dict):
+        trial = (store.uri, spec, group, unit, number, params, env)
         if group.section == "pretrain":
-            return pretrain_task.remote(
-                store.uri,
-                spec,
-                group,
-                unit,
-                number,
-                params,
-                env,
-                pretrain,
-                spec.execution.max_failures,
-            )
-        return trial_task.remote(
-            store.uri,
-            spec,
-            group,
-            unit,
-            number,
-            params,
-            env,
-            f.cpus_per_trial,
-            f.gpus_per_trial > 0,
-        )
+            return pretrain_task.remote(*trial, pretrain, spec.execution.max_failures)
+        return trial_task.remote(*trial, f.cpus_per_trial, f.gpus_per_trial > 0)
 
     return submit
 
@@ -938,7 +919,7 @@ def _execute(
         )
         plan = stage.plan
         sync_stored_plan(store, plan)
-    waiting = stage.waiting(plan) if stage is not None else set()
+    waiting = stage.waiting() if stage is not None else set()
     done = {u.unit_id for u in plan.units if u.unit_id in scan.done}
     pending = [u for u in plan.units if u.unit_id not in done and u.unit_id not in waiting]
     trials = stage.pending_trials if stage is not None else 0
@@ -1020,7 +1001,7 @@ def _run_pending(
     units are added once the group has chosen."""
     from study.sweep.scheduler import Scheduler
 
-    prepare_datasets(store, spec, make_plan(spec).units if stage is not None else pending)
+    prepare_datasets(store, spec, stage.base.units if stage is not None else pending)
     lease.check()
     ensure_ray(address)
     if signals is not None:

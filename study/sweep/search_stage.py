@@ -95,6 +95,9 @@ class SearchStage:
     added: list[Unit] = field(init=False, default_factory=list)  # units handed to the run
     _remaining: dict[str, set[int]] = field(init=False, default_factory=dict)
     _scheduled: set[str] = field(init=False, default_factory=set)  # unit and group ids
+    # (the groups chosen, the plan with their choices, its search groups): both walk every
+    # unit, so they are made once per new choice, not at each question asked of them
+    _view: tuple[frozenset, Plan, list[SearchGroup]] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if self.spec.search is None:
@@ -102,16 +105,23 @@ class SearchStage:
         self._settle()
 
     # --- what the store says ------------------------------------------------------------
+    def _current(self) -> tuple[Plan, list[SearchGroup]]:
+        chosen = frozenset(self.choices)  # a group's chosen values never change
+        if self._view is None or self._view[0] != chosen:
+            plan = plan_with_choices(self.spec, self.base, self.choices)
+            self._view = (chosen, plan, search_groups(self.spec, plan))
+        return self._view[1], self._view[2]
+
     @property
     def plan(self) -> Plan:
         """The plan with every choice made so far (units waiting for a choice keep the
         spec's ids)."""
-        return plan_with_choices(self.spec, self.base, self.choices)
+        return self._current()[0]
 
-    def groups(self, plan: Plan | None = None) -> list[SearchGroup]:
-        """The search groups of `plan` (default: `self.plan`): a fine-tuning group over
-        units whose pretraining is still searched has an id that changes with that choice."""
-        return search_groups(self.spec, plan or self.plan)
+    def groups(self) -> list[SearchGroup]:
+        """The search groups of `plan`: a fine-tuning group over units whose pretraining
+        is still searched has an id that changes with that choice."""
+        return self._current()[1]
 
     def _unchosen_pretraining(self, groups: list[SearchGroup]) -> set[str]:
         return {
@@ -130,8 +140,7 @@ class SearchStage:
         """Take every choice the store holds or allows, group by group, until none is left:
         a pretraining choice gives new fine-tuning groups, whose choices may be stored."""
         while True:
-            plan = self.plan
-            groups = self.groups(plan)
+            groups = self.groups()
             unchosen = self._unchosen_pretraining(groups)
             changed = False
             for group in groups:
@@ -158,11 +167,10 @@ class SearchStage:
             if not changed:
                 return
 
-    def waiting(self, plan: Plan | None = None) -> set[str]:
+    def waiting(self) -> set[str]:
         """Ids of `plan`'s units that wait for a choice: those of groups without one, and
         the fine-tuning units that start from a pretraining unit that waits."""
-        plan = plan or self.plan
-        groups = self.groups(plan)
+        plan, groups = self._current()
         out = {uid for g in groups if g.group_id not in self.choices for uid in g.unit_ids}
         return out | {u.unit_id for u in plan.units if u.depends_on in out}
 
@@ -187,8 +195,8 @@ class SearchStage:
     def jobs(self) -> list[Job]:
         """What can run now and was not handed to the run yet: the units that wait for no
         choice (and have no row), and the pending trials of every group ready to search."""
-        plan = self.plan
-        waiting = self.waiting(plan)
+        plan, groups = self._current()
+        waiting = self.waiting()
         units = [
             u
             for u in plan.units
@@ -200,7 +208,7 @@ class SearchStage:
         self.added.extend(units)
         out = self.unit_jobs(units)
         trials = []
-        for group in self.groups(plan):
+        for group in groups:
             gid = group.group_id
             if gid in self._remaining and gid not in self._scheduled:
                 self._scheduled.add(gid)
