@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -60,6 +62,18 @@ def search_smoke(epochs: int = 3, trials: int = 6, pruner: str = "none", **searc
         **search,
     }
     return data
+
+
+def study_cmd(*args: str) -> list[str]:
+    """The `study` command line with `args`, in this interpreter."""
+    return [sys.executable, "-m", "study.cli", *args]
+
+
+def study_cli(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `study ARGS` to its end in a subprocess (output captured as text)."""
+    return subprocess.run(
+        study_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def trials(store: Store) -> pd.DataFrame:

@@ -6,20 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
 from study.store import Store
-from tests.sweep._smoke import SMOKE, assert_complete, smoke_spec, trials
+from tests.sweep._smoke import SMOKE, assert_complete, smoke_spec, study_cli, study_cmd, trials
 
 FINETUNE = {"data_fractions": [0.5, 1.0], "repeats": 3, "epochs": 3}
-
-
-def _study_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "study.cli", *args]
 
 
 @pytest.mark.slow
@@ -33,7 +28,7 @@ def test_sigkill_driver_then_resume(ray_address, tmp_path, cache_dir):
     env = {**os.environ, "RAY_ADDRESS": ray_address, "ECG_STUDY_CACHE": str(cache_dir)}
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(
-        _study_cmd("run", str(spec_path), "--storage", str(storage), "--no-report"),
+        study_cmd("run", str(spec_path), "--storage", str(storage), "--no-report"),
         env=env,
         stdout=log,
         stderr=log,
@@ -49,19 +44,11 @@ def test_sigkill_driver_then_resume(ray_address, tmp_path, cache_dir):
     before = trials(store).set_index("unit_id").finished_at
     assert 3 <= len(before) < 18
 
-    status = subprocess.run(
-        _study_cmd("status", store.uri), env=env, capture_output=True, text=True, timeout=120
-    )
+    status = study_cli("status", store.uri, env=env, timeout=120)
     assert status.returncode == 0, status.stderr
     assert "total" in status.stdout
 
-    resumed = subprocess.run(
-        _study_cmd("resume", store.uri, "--no-report"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = study_cli("resume", store.uri, "--no-report", env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     df = assert_complete(store, spec)
     assert len(df) == 18
@@ -123,9 +110,9 @@ def test_driver_killed_five_times_at_random_points_then_resumed(ray_address, tmp
     kept: dict[str, object] = {}
     for i, (where, reached) in enumerate(points):
         cmd = (
-            _study_cmd("run", str(spec_path), "--storage", str(storage), "--no-report")
+            study_cmd("run", str(spec_path), "--storage", str(storage), "--no-report")
             if i == 0
-            else _study_cmd("resume", store.uri, "--no-report")
+            else study_cmd("resume", store.uri, "--no-report")
         )
         log_path = tmp_path / f"driver{i}.log"
         with open(log_path, "w") as log:
@@ -144,13 +131,7 @@ def test_driver_killed_five_times_at_random_points_then_resumed(ray_address, tmp
         for uid, finished in kept.items():  # nothing finished before is rewritten
             assert rows[uid] == finished, (where, uid)
         kept = rows
-    resumed = subprocess.run(
-        _study_cmd("resume", store.uri, "--no-report"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = study_cli("resume", store.uri, "--no-report", env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     from study.sweep.load import parse_spec
 

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pyarrow.parquet as pq
@@ -24,7 +23,7 @@ from study.sweep.load import parse_spec
 from study.sweep.plan import make_plan
 from study.sweep.runner import run_study, study_plan
 from study.sweep.search import choose, read_choice, scan_search_trials, search_groups
-from tests.sweep._smoke import search_smoke, trials
+from tests.sweep._smoke import search_smoke, study_cli, study_cmd, trials
 
 TRIALS = 5
 
@@ -121,10 +120,6 @@ def test_a_search_of_the_pretraining_runs_chooses_before_the_pretrained_arm_sear
         assert lr == chosen["finetune", "scratch"]["lr"]
 
 
-def _study_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "study.cli", *args]
-
-
 def _trial_parts(store: Store, spec) -> dict[str, bytes]:
     """Every trial part of the study's search groups, by path."""
     out = {}
@@ -169,19 +164,13 @@ def test_a_driver_killed_mid_search_resumes_to_exactly_the_budget(
         storage = str(tmp_path / "studies")
     store = Store(storage).child(spec.name)
 
-    run = _study_cmd("run", str(spec_path), "--storage", storage, "--no-report")
+    run = study_cmd("run", str(spec_path), "--storage", storage, "--no-report")
     _run_until_killed(run, env, store, spec, tmp_path / "driver.log", parts=3)
     before = _trial_parts(store, spec)
     assert 3 <= len(before) < 2 * TRIALS
     assert not any(store.exists(search_choice_path(g.group_id)) for g in _groups(spec).values())
 
-    resumed = subprocess.run(
-        _study_cmd("resume", store.uri, "--no-report"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = study_cli("resume", store.uri, "--no-report", env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = _check_searched_study(store, spec)
     after = _trial_parts(store, spec)
@@ -189,12 +178,8 @@ def test_a_driver_killed_mid_search_resumes_to_exactly_the_budget(
     # a finished trial is never run again: its part is the same bytes (finished_at, seconds)
     assert all(after[k] == v for k, v in before.items())
     if where == "local":  # the same proposals as a driver that was never killed
-        whole = subprocess.run(
-            _study_cmd("run", str(spec_path), "--storage", str(tmp_path / "whole"), "--no-report"),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        whole = study_cli(
+            "run", str(spec_path), "--storage", str(tmp_path / "whole"), "--no-report", env=env
         )
         assert whole.returncode == 0, whole.stderr[-3000:]
         expected = _search_rows(Store(str(tmp_path / "whole" / spec.name)), spec)
